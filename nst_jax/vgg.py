@@ -1,0 +1,253 @@
+"""VGG19 feature extractor: the 16 convolutions of Simonyan & Zisserman (2014).
+
+The network is a pure function of a plain parameter pytree,
+``{'conv1_1': {'kernel': [3, 3, Cin, Cout], 'bias': [Cout]}, ...}``, so it can
+be called inside ``jax.jit``, ``jax.grad`` and ``jax.vmap`` with the weights
+passed in as an argument rather than folded into the program as constants.
+``VGG19`` is a thin Flax NNX module around the same function for users who
+prefer the module style.
+
+Images are NHWC and already preprocessed for the weight set (see
+``nst_jax.weights.Preprocessing``): the network applies no normalisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# (block, number of convolutions, output channels).
+_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512))
+
+
+def _layer_specs():
+  """Yields (conv name, in channels, out channels) in network order."""
+  cin = 3
+  for block, count, cout in _BLOCKS:
+    for i in range(1, count + 1):
+      yield f'conv{block}_{i}', cin, cout
+      cin = cout
+
+
+CONV_SPECS: tuple[tuple[str, int, int], ...] = tuple(_layer_specs())
+CONV_NAMES: tuple[str, ...] = tuple(name for name, _, _ in CONV_SPECS)
+
+# Every layer output in order: conv1_1, relu1_1, conv1_2, relu1_2, pool1, ...
+LAYER_NAMES: tuple[str, ...] = tuple(
+    name
+    for block, count, _ in _BLOCKS
+    for name in (
+        *(n for i in range(1, count + 1)
+          for n in (f'conv{block}_{i}', f'relu{block}_{i}')),
+        f'pool{block}',
+    )
+)
+RELU_NAMES: tuple[str, ...] = tuple(n for n in LAYER_NAMES if n.startswith('relu'))
+POOL_NAMES: tuple[str, ...] = tuple(n for n in LAYER_NAMES if n.startswith('pool'))
+TAP_NAMES: tuple[str, ...] = RELU_NAMES + POOL_NAMES
+_LAYER_INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}
+
+POOLINGS = ('max', 'avg')
+
+Params = Mapping[str, Mapping[str, jax.Array]]
+
+
+def check_taps(taps: Iterable[str]) -> tuple[str, ...]:
+  """Returns ``taps`` as a tuple, raising ValueError on an unknown name."""
+  taps = tuple(taps)
+  unknown = [t for t in taps if t not in _LAYER_INDEX]
+  if unknown:
+    raise ValueError(
+        f'unknown VGG19 layer(s) {", ".join(unknown)}; valid taps are '
+        f'{", ".join(TAP_NAMES)} (and conv1_1 ... conv5_4 before the ReLU)')
+  if not taps:
+    raise ValueError('no VGG19 layer requested')
+  return taps
+
+
+def deepest(taps: Iterable[str]) -> str:
+  """The tap reached last by a forward pass."""
+  return max(check_taps(taps), key=_LAYER_INDEX.__getitem__)
+
+
+def downsampling_factor(taps: Iterable[str]) -> int:
+  """How many times the deepest tap's grid is smaller than the input's."""
+  last = _LAYER_INDEX[deepest(taps)]
+  return 2 ** sum(1 for n in POOL_NAMES if _LAYER_INDEX[n] < last)
+
+
+def min_input_size(taps: Iterable[str]) -> int:
+  """Smallest input side for which every requested tap has at least 1 pixel."""
+  last = _LAYER_INDEX[deepest(taps)]
+  pools = sum(1 for n in POOL_NAMES if _LAYER_INDEX[n] <= last)
+  return 2 ** pools
+
+
+def conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """3x3 stride-1 convolution with zero padding 1 (Caffe/PyTorch semantics).
+
+  Args:
+    x: [B, H, W, Cin].
+    kernel: [3, 3, Cin, Cout] (HWIO).
+    bias: [Cout].
+  Returns:
+    [B, H, W, Cout] in the dtype of ``x``.
+  """
+  y = jax.lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), window_strides=(1, 1),
+      padding=((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return y + bias.astype(x.dtype)
+
+
+def pool2x2(x: jax.Array, pooling: str = 'max') -> jax.Array:
+  """2x2 stride-2 pooling; odd trailing rows/columns are dropped (floor mode).
+
+  Written as a reshape and a reduction rather than ``reduce_window``: XLA on
+  CPU runs the backward of a max ``reduce_window`` (``select_and_scatter``) on
+  one thread, while the reshape form's backward is an ordinary elementwise
+  program. The gradient only differs from PyTorch's when several inputs of a
+  window tie for the maximum at a positive value, which does not happen in
+  practice (ties at zero come from ReLU, whose gradient there is zero anyway).
+
+  Args:
+    x: [B, H, W, C].
+    pooling: 'max' or 'avg'.
+  Returns:
+    [B, H // 2, W // 2, C].
+  """
+  b, h, w, c = x.shape
+  h2, w2 = h // 2, w // 2
+  x = x[:, :2 * h2, :2 * w2, :].reshape(b, h2, 2, w2, 2, c)
+  if pooling == 'max':
+    return x.max(axis=(2, 4))
+  if pooling == 'avg':
+    return x.mean(axis=(2, 4))
+  raise ValueError(f'unknown pooling {pooling!r}; use one of {POOLINGS}')
+
+
+def features(
+    params: Params,
+    images: jax.Array,
+    taps: Sequence[str],
+    *,
+    pooling: str = 'max',
+    compute_dtype: jnp.dtype | None = None,
+    remat: bool = False,
+) -> dict[str, jax.Array]:
+  """Runs VGG19 up to the deepest requested tap.
+
+  Args:
+    params: ``{'conv1_1': {'kernel': [3, 3, Cin, Cout], 'bias': [Cout]}, ...}``;
+      only the layers up to the deepest tap are read.
+    images: [B, H, W, 3] preprocessed for the weight set.
+    taps: layer names, e.g. ``('relu1_1', 'relu4_2')``.
+    pooling: 'max' (the original network) or 'avg' (Gatys et al. suggest it
+      gives slightly smoother results).
+    compute_dtype: dtype of the convolutions, e.g. ``jnp.bfloat16`` for mixed
+      precision; returned features are float32 either way.
+    remat: recompute each block's activations in the backward pass instead of
+      keeping them (``jax.checkpoint``), trading compute for memory.
+  Returns:
+    A dict with exactly the requested taps, each [B, h, w, C] float32.
+  """
+  taps = check_taps(taps)
+  if pooling not in POOLINGS:
+    raise ValueError(f'unknown pooling {pooling!r}; use one of {POOLINGS}')
+  wanted = set(taps)
+  last = _LAYER_INDEX[deepest(taps)]
+  x = images if compute_dtype is None else images.astype(compute_dtype)
+  out: dict[str, jax.Array] = {}
+
+  def run_block(x, block_params, names):
+    block_out = {}
+    for name in names:
+      kind = name[:4]
+      if kind == 'conv':
+        p = block_params[name]
+        x = conv3x3(x, p['kernel'], p['bias'])
+      elif kind == 'relu':
+        x = jax.nn.relu(x)
+      else:
+        x = pool2x2(x, pooling)
+      if name in wanted:
+        block_out[name] = x.astype(jnp.float32)
+    return x, block_out
+
+  # Group the layer sequence into blocks so that remat can wrap each block.
+  for block, _, _ in _BLOCKS:
+    names = [n for n in LAYER_NAMES[:last + 1] if _block_of(n) == block]
+    if not names:
+      break
+    block_params = {n: params[n] for n in names if n.startswith('conv')}
+    fn = run_block
+    if remat:
+      fn = jax.checkpoint(run_block, static_argnums=(2,))
+    x, block_out = fn(x, block_params, tuple(names))
+    out.update(block_out)
+  return {t: out[t] for t in taps}
+
+
+def _block_of(name: str) -> int:
+  """conv3_2 -> 3, relu5_1 -> 5, pool2 -> 2."""
+  return int(name[4])
+
+
+def init_params(key: jax.Array, dtype=jnp.float32) -> dict[str, dict[str, jax.Array]]:
+  """Random He-normal parameters (for tests and shape checks, not for style)."""
+  params = {}
+  for (name, cin, cout), k in zip(CONV_SPECS, jax.random.split(key, len(CONV_SPECS))):
+    kk, kb = jax.random.split(k)
+    std = np.sqrt(2.0 / (9 * cin))
+    params[name] = {
+        'kernel': (jax.random.normal(kk, (3, 3, cin, cout)) * std).astype(dtype),
+        'bias': (jax.random.normal(kb, (cout,)) * 0.01).astype(dtype),
+    }
+  return params
+
+
+def param_shapes() -> dict[str, dict[str, tuple[int, ...]]]:
+  """Expected shape of every parameter, used to validate ported weights."""
+  return {name: {'kernel': (3, 3, cin, cout), 'bias': (cout,)}
+          for name, cin, cout in CONV_SPECS}
+
+
+class Conv3x3(nnx.Module):
+  """One VGG convolution: an HWIO kernel and a bias."""
+
+  def __init__(self, kernel: jax.Array, bias: jax.Array):
+    self.kernel = nnx.Param(jnp.asarray(kernel))
+    self.bias = nnx.Param(jnp.asarray(bias))
+
+
+class VGG19(nnx.Module):
+  """VGG19 as a Flax NNX module; ``model(images, taps)`` returns a tap dict.
+
+  The module only stores the parameters; the computation is ``features``. Use
+  ``nnx.split(model)`` to get ``(graphdef, state)`` when a pure pytree is
+  wanted, or simply ``model.params()``.
+  """
+
+  def __init__(self, params: Params | None = None, *, pooling: str = 'max',
+               rngs: nnx.Rngs | None = None):
+    if pooling not in POOLINGS:
+      raise ValueError(f'unknown pooling {pooling!r}; use one of {POOLINGS}')
+    if params is None:
+      key = (rngs or nnx.Rngs(0)).params()
+      params = init_params(key)
+    self.pooling = pooling
+    for name in CONV_NAMES:
+      setattr(self, name, Conv3x3(params[name]['kernel'], params[name]['bias']))
+
+  def params(self) -> dict[str, dict[str, jax.Array]]:
+    """The parameters as a plain nested dict of arrays."""
+    return {name: {'kernel': getattr(self, name).kernel[...],
+                   'bias': getattr(self, name).bias[...]}
+            for name in CONV_NAMES}
+
+  def __call__(self, images: jax.Array, taps: Sequence[str] = ('relu4_2',),
+               **kwargs) -> dict[str, jax.Array]:
+    return features(self.params(), images, taps, pooling=self.pooling, **kwargs)

