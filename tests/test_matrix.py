@@ -1,0 +1,92 @@
+"""The content x style matrix: batched and sharded equals one-by-one."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+# Runs in a fresh interpreter: the fake devices must be set before JAX starts.
+_SCRIPT = textwrap.dedent('''
+    import json, os, sys
+    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+    import jax, numpy as np
+    jax.config.update('jax_default_matmul_precision', 'float32')
+    from nst_jax import matrix, stylize as st, weights
+    from nst_jax.config import StyleConfig
+    rng = np.random.default_rng(0)
+    def img(h, w, k):
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        base = np.stack([np.sin(k * xx) ** 2, np.cos(k * yy) ** 2, (xx * yy * k) % 1], -1)
+        return (0.8 * base + 0.2 * rng.random((h, w, 3))).astype(np.float32)
+    contents = [img(96, 128, 3), img(120, 160, 5)]          # same shape at 64 px
+    styles = [img(80, 80, 9), img(100, 60, 13), img(64, 90, 17)]
+    cfg = StyleConfig(image_size=64, num_iterations=20, print_iter=5, save_iter=0)
+    ws = weights.load()
+    layouts = []
+    cells = matrix.stylize_many(contents, [matrix.StyleSpec((s,)) for s in styles], cfg,
+                                weights=ws, callback=layouts.append)
+    diffs = []
+    for c in cells:
+        ref = st.stylize(contents[c.content_index], [styles[c.style_index]], cfg, weights=ws)
+        diffs.append(float(np.abs(c.image - ref.image).max()))
+    print(json.dumps({'devices': len(jax.devices()), 'cells': len(cells), 'diffs': diffs,
+                      'batch_devices': [p.batch_devices for p in layouts],
+                      'shard_batch': [p.shard_batch for p in layouts]}))
+''')
+
+
+def test_sharded_matrix_equals_sequential(caffe_weights):
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  proc = subprocess.run([sys.executable, '-c', _SCRIPT], capture_output=True, text=True,
+                        env=env, cwd=ROOT, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out['devices'] == 4 and out['cells'] == 6
+  # 6 problems of one shape padded to 8, laid out as 4 devices x 2 problems.
+  assert set(out['batch_devices']) == {4}
+  assert set(out['shard_batch']) == {2}
+  assert max(out['diffs']) <= 1e-4, out['diffs']
+
+
+def test_parse_style_spec():
+  from nst_jax import matrix
+  s = matrix.parse_style_spec('a.jpg@2+b.jpg')
+  assert s.images == ('a.jpg', 'b.jpg') and s.blend_weights == (2.0, 1.0)
+  assert s.label == 'a+b'
+
+
+def test_bad_input_is_reported_and_the_rest_run(caffe_weights, tmp_path):
+  from nst_jax import matrix
+  from nst_jax.config import StyleConfig
+  bad = tmp_path / 'broken.png'
+  bad.write_bytes(b'not a png')
+  good = np.random.default_rng(1).random((48, 64, 3)).astype(np.float32)
+  style = np.random.default_rng(2).random((40, 40, 3)).astype(np.float32)
+  cfg = StyleConfig(image_size=32, num_iterations=3, print_iter=0, save_iter=0,
+                    style_layers=('relu1_1', 'relu2_1'), content_layers=('relu2_2',))
+  cells = matrix.stylize_many([good, str(bad)], [matrix.StyleSpec((style,))], cfg,
+                              weights=caffe_weights)
+  assert len(cells) == 2
+  by_row = {c.content_index: c for c in cells}
+  assert by_row[0].image is not None and np.isfinite(by_row[0].image).all()
+  assert by_row[1].image is None and 'broken.png' in by_row[1].error
+
+
+def test_grid_image_layout():
+  from nst_jax import matrix
+  contents = [np.zeros((20, 30, 3), np.float32), np.ones((30, 20, 3), np.float32)]
+  styles = [np.full((10, 10, 3), 0.5, np.float32)] * 3
+  cells = [matrix.CellResult(i, j, np.full((16, 16, 3), 0.25, np.float32), {})
+           for i in range(2) for j in range(3)]
+  grid = matrix.grid_image(contents, styles, cells, cell_size=64,
+                           content_labels=['a', 'b'], style_labels=['x', 'y', 'z'])
+  assert grid.shape == (3 * 64, 4 * 64, 3)
+  # The centre of cell (row 2, column 3) is the cell's image value.
+  np.testing.assert_allclose(grid[2 * 64 + 32, 3 * 64 + 32], 0.25, atol=1 / 255)
