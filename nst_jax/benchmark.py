@@ -1,0 +1,205 @@
+"""Side-by-side benchmark of nst_jax and its PyTorch twin on the same objective.
+
+Both sides get the same weights, the same preprocessed images and the same
+initial image (written by the parent to a shared .npy). Each measurement runs
+in a child process so that its peak memory is its own. Used by
+``scripts/benchmark.py``; each function here is one step of that script.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nst_jax import image_io
+from nst_jax import losses
+from nst_jax import weights as weights_lib
+
+
+def load_problem(content_path, style_path, size: int, style_scale: float = 1.0):
+  """Preprocessed (content, style) at ``size`` with the default Caffe weights."""
+  ws = weights_lib.load()
+  content = image_io.resize_longest(image_io.load_image(content_path), size)
+  style = image_io.resize_longest(image_io.load_image(style_path),
+                                  int(np.ceil(style_scale * size)))
+  prep = ws.preprocessing
+  return ws, prep.apply(content).astype(np.float32), prep.apply(style).astype(np.float32)
+
+
+def _peak_rss_bytes() -> int:
+  """This process's peak RSS (VmHWM; unlike ru_maxrss it is not inherited over exec)."""
+  try:
+    for line in Path('/proc/self/status').read_text().splitlines():
+      if line.startswith('VmHWM:'):
+        return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_jax(args: dict) -> dict:
+  """Times nst_jax on one (size, optimizer); returns a JSON-able dict."""
+  import jax
+  import jax.numpy as jnp
+  from nst_jax import stylize as st
+  from nst_jax.config import StyleConfig
+  if args.get('matmul_precision'):
+    jax.config.update('jax_default_matmul_precision', args['matmul_precision'])
+  ws, content, style = load_problem(args['content'], args['style'], args['size'])
+  config = StyleConfig(optimizer=args['optimizer'], precision=args.get('precision', 'float32'),
+                       remat=args.get('remat', False), lbfgs_history=args['history'])
+  spec = losses.LossSpec(compute_dtype=None if config.precision == 'float32' else config.precision,
+                         remat=config.remat)
+  params = jax.tree.map(jnp.asarray, ws.params)
+  lw = losses.default_loss_weights(spec)
+  targets = jax.jit(functools.partial(losses.make_targets, spec=spec))(
+      params, jnp.asarray(content), [jnp.asarray(style)], jnp.ones((1,), jnp.float32))
+  loss_fn = jax.jit(functools.partial(losses.total_loss, spec=spec))
+  x = jnp.asarray(np.load(args['init']))
+  loss0 = float(loss_fn(x, params, targets, lw)[0])
+  optimizer = st.make_optimizer(config)
+  chunk = jax.jit(st.make_chunk_fn(spec, optimizer), donate_argnums=(0, 1))
+  opt_state = jax.jit(optimizer.init)(x)
+  k = jnp.int32(args['chunk'])
+  t0 = time.perf_counter()
+  compiled = chunk.lower(x, opt_state, params, targets, lw, k).compile()
+  compile_s = time.perf_counter() - t0
+  # Warm-up chunk (first execution), then timed chunks.
+  x, opt_state, _, info = compiled(x, opt_state, params, targets, lw, k)
+  jax.block_until_ready(x)
+  times = []
+  for _ in range(args['repeats']):
+    t0 = time.perf_counter()
+    x, opt_state, _, info = compiled(x, opt_state, params, targets, lw, k)
+    jax.block_until_ready(x)
+    times.append((time.perf_counter() - t0) / args['chunk'])
+  final = float(loss_fn(x, params, targets, lw)[0])
+  dev = jax.devices()[0]
+  mem = None
+  if dev.platform != 'cpu':
+    mem = (dev.memory_stats() or {}).get('peak_bytes_in_use')
+  return {'side': 'jax', 'loss0': loss0, 'final_loss': final, 'compile_s': compile_s,
+          'iter_s': statistics.median(times), 'iter_s_all': times,
+          'iterations': args['chunk'] * (args['repeats'] + 1),
+          'finite': bool(np.isfinite(final)),
+          'peak_host_rss_bytes': _peak_rss_bytes(), 'peak_device_bytes': mem,
+          'device': f'{dev.platform}:{getattr(dev, "device_kind", "")}',
+          'versions': {'jax': jax.__version__, 'jaxlib': jax.lib.__version__ if hasattr(
+              jax.lib, '__version__') else '', 'python': platform.python_version()},
+          'threads': os.cpu_count()}
+
+
+def run_torch(args: dict) -> dict:
+  """Times the PyTorch twin on one (size, optimizer)."""
+  import torch
+  from nst_jax import torch_twin as tt
+  ws, content, style = load_problem(args['content'], args['style'], args['size'])
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  tp = tt.params_to_torch(ws.params, device)
+  to = lambda a: tt.nhwc_to_nchw(a).to(device)
+  cl, sl = ['relu4_2'], ['relu1_1', 'relu2_1', 'relu3_1', 'relu4_1', 'relu5_1']
+  targets = tt.make_targets(tp, to(content), [to(style)], [1.0], cl, sl)
+  loss_fn = lambda img: tt.total_loss(img, tp, targets)[0]
+  if args.get('torch_compile'):
+    loss_fn = torch.compile(loss_fn)
+  x = to(np.load(args['init'])).requires_grad_(True)
+  with torch.no_grad():
+    loss0 = float(tt.total_loss(x, tp, targets)[0])
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  k = args['chunk']
+  if args['optimizer'] == 'lbfgs':
+    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=k, history_size=args['history'],
+                            tolerance_grad=-1, tolerance_change=-1, line_search_fn=None)
+  else:
+    opt = torch.optim.Adam([x], lr=10.0)
+
+  def closure():
+    opt.zero_grad()
+    loss = loss_fn(x)
+    loss.backward()
+    return loss
+
+  def run_chunk():
+    if args['optimizer'] == 'lbfgs':
+      opt.step(closure)
+    else:
+      for _ in range(k):
+        opt.step(closure)
+
+  t0 = time.perf_counter()
+  run_chunk()
+  sync()
+  first_s = time.perf_counter() - t0
+  times = []
+  for _ in range(args['repeats']):
+    t0 = time.perf_counter()
+    run_chunk()
+    sync()
+    times.append((time.perf_counter() - t0) / k)
+  with torch.no_grad():
+    final = float(tt.total_loss(x, tp, targets)[0])
+  mem = torch.cuda.max_memory_allocated() if device == 'cuda' else None
+  return {'side': 'torch' + ('_compile' if args.get('torch_compile') else ''),
+          'loss0': loss0, 'final_loss': final,
+          'compile_s': max(first_s - statistics.median(times) * k, 0.0),
+          'iter_s': statistics.median(times), 'iter_s_all': times,
+          'iterations': k * (args['repeats'] + 1), 'finite': bool(np.isfinite(final)),
+          'peak_host_rss_bytes': _peak_rss_bytes(), 'peak_device_bytes': mem,
+          'device': device if device == 'cpu' else torch.cuda.get_device_name(),
+          'versions': {'torch': torch.__version__}, 'threads': torch.get_num_threads()}
+
+
+def run_child(side: str, args: dict, timeout: float = 3600) -> dict:
+  """Runs one measurement in a fresh interpreter and returns its JSON."""
+  code = ('import json, sys; from nst_jax import benchmark as b; '
+          f'print("BENCH_JSON " + json.dumps(b.run_{side}(json.loads(sys.argv[1]))))')
+  proc = subprocess.run([sys.executable, '-c', code, json.dumps(args)], capture_output=True,
+                        text=True, timeout=timeout)
+  for line in proc.stdout.splitlines():
+    if line.startswith('BENCH_JSON '):
+      return json.loads(line[len('BENCH_JSON '):])
+  raise RuntimeError(f'{side} benchmark failed (exit {proc.returncode}): '
+                     f'{proc.stderr.strip()[-2000:]}')
+
+
+def parity_check(content_path, style_path, size: int, init: np.ndarray) -> dict:
+  """Loss at the shared initial image on both sides (forward only)."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+  from nst_jax import torch_twin as tt
+  ws, content, style = load_problem(content_path, style_path, size)
+  spec = losses.LossSpec()
+  params = jax.tree.map(jnp.asarray, ws.params)
+  with jax.default_matmul_precision('float32'):
+    targets = losses.make_targets(params, jnp.asarray(content), [jnp.asarray(style)],
+                                  [1.0], spec)
+    j = float(losses.total_loss(jnp.asarray(init), params, targets,
+                                losses.default_loss_weights(spec), spec)[0])
+  tp = tt.params_to_torch(ws.params)
+  with torch.no_grad():
+    t_targets = tt.make_targets(tp, tt.nhwc_to_nchw(content), [tt.nhwc_to_nchw(style)], [1.0],
+                                ['relu4_2'], ['relu1_1', 'relu2_1', 'relu3_1', 'relu4_1',
+                                              'relu5_1'])
+    t = float(tt.total_loss(tt.nhwc_to_nchw(init), tp, t_targets)[0])
+  return {'jax': j, 'torch': t, 'rel_diff': abs(j - t) / abs(t)}
+
+
+def cpu_model() -> str:
+  try:
+    for line in Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith('model name'):
+        return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()

@@ -1,0 +1,241 @@
+"""Benchmark nst_jax against its PyTorch twin on the same objective and weights.
+
+  python scripts/benchmark.py                       # 256, 512, 1024 px; L-BFGS and Adam
+  python scripts/benchmark.py --sizes=512 --optimizers=lbfgs --startup --matrix
+
+For each size and optimizer: compile time, median time per iteration over
+timed chunks (after a warm-up chunk, device synchronised), the PyTorch/nst_jax
+ratio, peak memory, and the objective after the same iterations from the same
+initial image. It first checks that both sides compute the same loss at the
+initial image (1e-4 relative) and refuses to report speeds otherwise.
+Writes JSON (--output_json) and appends a markdown table to
+benchmarks/RESULTS.md (--results_md; empty to skip).
+"""
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import app
+from absl import flags
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / 'shared' / 'data' / 'images'
+
+flags.DEFINE_list('sizes', ['256', '512', '1024'], 'Image sizes (longest side).')
+flags.DEFINE_list('optimizers', ['lbfgs', 'adam'], 'lbfgs and/or adam.')
+flags.DEFINE_string('content', None, 'Content image (default: golden_gate from '
+                    '../shared/data/images, else a scikit-image sample).')
+flags.DEFINE_string('style', None, 'Style image (default: starry_night_crop, else a sample).')
+flags.DEFINE_integer('repeats', 3, 'Timed chunks per measurement (median reported).')
+flags.DEFINE_integer('chunk', 0, 'Iterations per timed chunk (0: 10 at <=256 px, 5 at '
+                     '<=512, 3 above).')
+flags.DEFINE_integer('history', 100, 'L-BFGS history on both sides.')
+flags.DEFINE_bool('mixed_precision', False, 'Also run nst_jax with bfloat16 convolutions.')
+flags.DEFINE_bool('torch_compile', False, 'Also time torch.compile (GPU only is useful).')
+flags.DEFINE_bool('startup', False, 'Time the CLI cold (empty cache) and warm at 512 px.')
+flags.DEFINE_bool('matrix', False, 'Throughput of a 4x4 matrix at 256 px, batched vs one-by-one.')
+flags.DEFINE_integer('matrix_iterations', 20, 'Iterations per problem in --matrix.')
+flags.DEFINE_string('output_json', 'benchmarks/last_run.json', 'Where to write the JSON.')
+flags.DEFINE_string('results_md', 'benchmarks/RESULTS.md', 'Markdown file to append to.')
+flags.DEFINE_string('note', '', 'Free text stored with the results (e.g. the machine).')
+FLAGS = flags.FLAGS
+
+
+def _default_images():
+  if FLAGS.content and FLAGS.style:
+    return FLAGS.content, FLAGS.style
+  content = FLAGS.content or SHARED / 'golden_gate.jpg'
+  style = FLAGS.style or SHARED / 'starry_night_crop.png'
+  if Path(content).is_file() and Path(style).is_file():
+    return str(content), str(style)
+  import skimage
+  data = Path(skimage.__file__).parent / 'data'
+  return str(data / 'chelsea.png'), str(data / 'hubble_deep_field.jpg')
+
+
+def _chunk(size):
+  if FLAGS.chunk:
+    return FLAGS.chunk
+  return 10 if size <= 256 else 5 if size <= 512 else 3
+
+
+def _mb(b):
+  return None if b is None else round(b / 2**20)
+
+
+def _bench_pair(content, style, size, optimizer, init_path, tmp):
+  from nst_jax import benchmark as bm
+  args = dict(content=content, style=style, size=size, optimizer=optimizer, init=init_path,
+              chunk=_chunk(size), repeats=FLAGS.repeats, history=FLAGS.history)
+  rows = [bm.run_child('jax', args)]
+  rows.append(bm.run_child('torch', args))
+  if FLAGS.torch_compile:
+    rows.append(bm.run_child('torch', dict(args, torch_compile=True)))
+  if FLAGS.mixed_precision:
+    r = bm.run_child('jax', dict(args, precision='bfloat16'))
+    r['side'] = 'jax_bf16'
+    rows.append(r)
+  return rows
+
+
+def _startup(content, style):
+  """Seconds to the first progress line of the CLI, cold then warm cache."""
+  out = {}
+  with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as outdir:
+    env = dict(os.environ, NST_JAX_CACHE_DIR=cache)
+    for label in ('cold', 'warm'):
+      cmd = [sys.executable, str(ROOT / 'scripts' / 'stylize.py'), f'--content_image={content}',
+             f'--style_image={style}', '--image_size=512', '--num_iterations=1',
+             '--print_iter=1', '--save_iter=0', f'--output_image={outdir}/o.png']
+      t0 = time.perf_counter()
+      proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env)
+      first = None
+      for line in proc.stdout:
+        if first is None and line.lstrip().startswith('iter'):
+          first = time.perf_counter() - t0
+      proc.wait()
+      out[label] = {'seconds_to_first_progress_line': first, 'exit': proc.returncode}
+  return out
+
+
+def _matrix_throughput(content, style):
+  """Images per minute for a 4x4 matrix at 256 px: batched vs one-by-one."""
+  code = f'''
+import json, time, numpy as np, jax
+from nst_jax import matrix, stylize as st, weights, image_io
+from nst_jax.config import StyleConfig
+ws = weights.load()
+base_c = image_io.load_image({content!r}); base_s = image_io.load_image({style!r})
+rng = np.random.default_rng(0)
+# Four contents of one shape and four styles: flips and colour permutations.
+contents = [base_c, base_c[:, ::-1], base_c[..., ::-1], base_c[:, ::-1, ::-1]]
+styles = [base_s, base_s[::-1], base_s[..., [1, 2, 0]], base_s[::-1, ::-1]]
+cfg = StyleConfig(image_size=256, num_iterations={FLAGS.matrix_iterations}, print_iter=0,
+                  save_iter=0)
+# Warm-up (compile) both paths on one problem each.
+matrix.stylize_many(contents[:1], [matrix.StyleSpec((styles[0],))], cfg, weights=ws)
+st.stylize(contents[0], [styles[0]], cfg, weights=ws)
+t0 = time.perf_counter()
+matrix.stylize_many(contents, [matrix.StyleSpec((s,)) for s in styles], cfg, weights=ws)
+batched = time.perf_counter() - t0
+t0 = time.perf_counter()
+for c in contents:
+  for s in styles:
+    st.stylize(c, [s], cfg, weights=ws)
+single = time.perf_counter() - t0
+print("BENCH_JSON " + json.dumps({{"batched_s": batched, "one_by_one_s": single,
+      "devices": len(jax.devices()), "device": str(jax.devices()[0].platform)}}))
+'''
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+  for line in proc.stdout.splitlines():
+    if line.startswith('BENCH_JSON '):
+      r = json.loads(line[len('BENCH_JSON '):])
+      r['batched_images_per_min'] = 16 * 60 / r['batched_s']
+      r['one_by_one_images_per_min'] = 16 * 60 / r['one_by_one_s']
+      r['speedup'] = r['one_by_one_s'] / r['batched_s']
+      return r
+  raise RuntimeError(f'matrix benchmark failed: {proc.stderr[-2000:]}')
+
+
+def main(argv):
+  del argv
+  from nst_jax import benchmark as bm
+  content, style = _default_images()
+  sizes = [int(s) for s in FLAGS.sizes]
+  report = {'date': datetime.datetime.now().isoformat(timespec='seconds'),
+            'cpu': bm.cpu_model(), 'cores': os.cpu_count(), 'content': content, 'style': style,
+            'note': FLAGS.note, 'results': []}
+  print(f'benchmark on {report["cpu"]} ({report["cores"]} cores); {Path(content).name} + '
+        f'{Path(style).name}', flush=True)
+  with tempfile.TemporaryDirectory() as tmp:
+    for size in sizes:
+      _, c, _ = bm.load_problem(content, style, size)
+      init = (0.001 * np.random.default_rng(0).standard_normal(c.shape)).astype(np.float32)
+      # A noise init makes the content term dominate; check parity on a mix too.
+      init_path = os.path.join(tmp, f'init{size}.npy')
+      np.save(init_path, init)
+      parity = bm.parity_check(content, style, size, init)
+      print(f'{size}px loss at init: jax {parity["jax"]:.6g} torch {parity["torch"]:.6g} '
+            f'(rel diff {parity["rel_diff"]:.1e})', flush=True)
+      if parity['rel_diff'] > 1e-4:
+        print(f'error: the two sides disagree at {size}px by {parity["rel_diff"]:.2e} '
+              '(> 1e-4); not reporting speeds', file=sys.stderr)
+        return 1
+      for optimizer in FLAGS.optimizers:
+        rows = _bench_pair(content, style, size, optimizer, init_path, tmp)
+        jax_row, torch_row = rows[0], rows[1]
+        entry = {'size': size, 'shape': list(c.shape[:2]), 'optimizer': optimizer,
+                 'parity': parity, 'rows': rows,
+                 'speedup_torch_over_jax': torch_row['iter_s'] / jax_row['iter_s'],
+                 'objective_ratio_jax_over_torch':
+                     jax_row['final_loss'] / torch_row['final_loss']}
+        report['results'].append(entry)
+        for r in rows:
+          print(f'  {size:5d}px {optimizer:6s} {r["side"]:13s} {1000 * r["iter_s"]:8.1f} ms/it  '
+                f'compile {r["compile_s"]:6.1f} s  peak {_mb(r["peak_host_rss_bytes"])} MB  '
+                f'loss after {r["iterations"]} it {r["final_loss"]:.4g}', flush=True)
+        print(f'  -> PyTorch/nst_jax time per iteration: {entry["speedup_torch_over_jax"]:.2f}x; '
+              f'objective jax/torch {entry["objective_ratio_jax_over_torch"]:.4f}', flush=True)
+  if FLAGS.startup:
+    report['startup'] = _startup(content, style)
+    print('startup:', json.dumps(report['startup']), flush=True)
+  if FLAGS.matrix:
+    report['matrix'] = _matrix_throughput(content, style)
+    print('matrix:', json.dumps(report['matrix']), flush=True)
+  if FLAGS.output_json:
+    Path(FLAGS.output_json).parent.mkdir(parents=True, exist_ok=True)
+    Path(FLAGS.output_json).write_text(json.dumps(report, indent=1))
+  md = _markdown(report)
+  print(md)
+  if FLAGS.results_md:
+    with open(FLAGS.results_md, 'a') as f:
+      f.write(md + '\n')
+  return 0
+
+
+def _markdown(report):
+  first = report['results'][0]['rows'] if report['results'] else [{}]
+  lines = [f'### {report["date"]} — {report["cpu"]}, {report["cores"]} cores'
+           f'{" — " + report["note"] if report["note"] else ""}', '',
+           f'Device: {first[0].get("device", "?")}; versions: '
+           f'{json.dumps({k: v for r in first for k, v in r.get("versions", {}).items()})}; '
+           f'threads: jax {first[0].get("threads")}, torch '
+           f'{first[1].get("threads") if len(first) > 1 else "?"}. Images: '
+           f'{Path(report["content"]).name} + {Path(report["style"]).name}.', '',
+           '| size | optimizer | side | ms/iter | compile s | peak MB | MB/MPix | objective after N it | PyTorch/nst_jax |',
+           '|---|---|---|---|---|---|---|---|---|']
+  for e in report['results']:
+    mpix = e['shape'][0] * e['shape'][1] / 1e6
+    for r in e['rows']:
+      peak = r.get('peak_device_bytes') or r['peak_host_rss_bytes']
+      ratio = (e['rows'][1]['iter_s'] / r['iter_s']) if r['side'] != 'torch' else 1.0
+      size = f'{e["shape"][1]}x{e["shape"][0]}'
+      lines.append(f'| {size} | {e["optimizer"]} | {r["side"]} | {1000 * r["iter_s"]:.1f} | '
+                   f'{r["compile_s"]:.1f} | {_mb(peak)} | {_mb(peak) / mpix:.0f} | '
+                   f'{r["final_loss"]:.4g} (N={r["iterations"]}) | {ratio:.2f}x |')
+  if 'startup' in report:
+    s = report['startup']
+    lines.append('')
+    lines.append(f'CLI start-up at 512 px, seconds to the first progress line (includes one '
+                 f'iteration): cold {s["cold"]["seconds_to_first_progress_line"]:.1f}, warm '
+                 f'{s["warm"]["seconds_to_first_progress_line"]:.1f}.')
+  if 'matrix' in report:
+    m = report['matrix']
+    lines.append('')
+    lines.append(f'4x4 matrix at 256 px, {FLAGS.matrix_iterations} iterations each, '
+                 f'{m["devices"]} {m["device"]} device(s): batched {m["batched_images_per_min"]:.1f} '
+                 f'images/min vs one-by-one {m["one_by_one_images_per_min"]:.1f} '
+                 f'({m["speedup"]:.2f}x).')
+  return '\n'.join(lines) + '\n'
+
+
+if __name__ == '__main__':
+  app.run(main)
