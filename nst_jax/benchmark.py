@@ -203,3 +203,44 @@ def cpu_model() -> str:
   except OSError:
     pass
   return platform.processor() or platform.machine()
+
+
+def run_jax_end_to_end(args: dict) -> dict:
+  """``iterations`` L-BFGS iterations on a square ``size`` image, compile excluded.
+
+  Chunks of ``chunk`` iterations with a host sync after each, as the CLI runs
+  them (progress points included).
+  """
+  import jax
+  import jax.numpy as jnp
+  from nst_jax import stylize as st
+  from nst_jax.config import StyleConfig
+  ws = weights_lib.load()
+  prep = ws.preprocessing
+  size = args['size']
+  content = image_io.resize_to(image_io.load_image(args['content']), size, size)
+  style = image_io.resize_longest(image_io.load_image(args['style']), size)
+  config = StyleConfig(precision=args.get('precision', 'float32'))
+  spec = losses.LossSpec(compute_dtype=None if config.precision == 'float32' else config.precision)
+  params = jax.tree.map(jnp.asarray, ws.params)
+  lw = losses.default_loss_weights(spec)
+  targets = jax.jit(functools.partial(losses.make_targets, spec=spec))(
+      params, jnp.asarray(prep.apply(content)), [jnp.asarray(prep.apply(style))],
+      jnp.ones((1,), jnp.float32))
+  optimizer = st.make_optimizer(config)
+  chunk = jax.jit(st.make_chunk_fn(spec, optimizer), donate_argnums=(0, 1))
+  x = 0.001 * jax.random.normal(jax.random.key(0), (size, size, 3), jnp.float32)
+  opt_state = jax.jit(optimizer.init)(x)
+  n = jnp.int32(args['chunk'])
+  t0 = time.perf_counter()
+  compiled = chunk.lower(x, opt_state, params, targets, lw, n).compile()
+  compile_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  done = 0
+  while done < args['iterations']:
+    x, opt_state, _, info = compiled(x, opt_state, params, targets, lw, n)
+    done += int(info.done)  # host sync, as the CLI's progress line
+  seconds = time.perf_counter() - t0
+  return {'iterations': done, 'seconds': seconds, 'compile_s': compile_s,
+          'final_terms': {k: float(v) for k, v in info.terms.items()},
+          'device': str(jax.devices()[0].device_kind), 'precision': config.precision}

@@ -42,6 +42,8 @@ flags.DEFINE_bool('torch_compile', False, 'Also time torch.compile (GPU only is 
 flags.DEFINE_bool('startup', False, 'Time the CLI cold (empty cache) and warm at 512 px.')
 flags.DEFINE_bool('matrix', False, 'Throughput of a 4x4 matrix at 256 px, batched vs one-by-one.')
 flags.DEFINE_integer('matrix_iterations', 20, 'Iterations per problem in --matrix.')
+flags.DEFINE_integer('end_to_end', 0, 'Also time this many L-BFGS iterations at 512x512 '
+                     'end to end (compile excluded), e.g. 500 on a GPU.')
 flags.DEFINE_string('output_json', 'benchmarks/last_run.json', 'Where to write the JSON.')
 flags.DEFINE_string('results_md', 'benchmarks/RESULTS.md', 'Markdown file to append to.')
 flags.DEFINE_string('note', '', 'Free text stored with the results (e.g. the machine).')
@@ -184,6 +186,14 @@ def main(argv):
                 f'loss after {r["iterations"]} it {r["final_loss"]:.4g}', flush=True)
         print(f'  -> PyTorch/nst_jax time per iteration: {entry["speedup_torch_over_jax"]:.2f}x; '
               f'objective jax/torch {entry["objective_ratio_jax_over_torch"]:.4f}', flush=True)
+  if FLAGS.end_to_end:
+    args = dict(content=content, style=style, size=512, iterations=FLAGS.end_to_end, chunk=50)
+    report['end_to_end'] = [bm.run_child('jax_end_to_end', args)]
+    if FLAGS.mixed_precision:
+      report['end_to_end'].append(bm.run_child('jax_end_to_end', dict(args, precision='bfloat16')))
+    for r in report['end_to_end']:
+      print(f'end to end: {r["iterations"]} L-BFGS iterations at 512x512 ({r["precision"]}) in '
+            f'{r["seconds"]:.2f} s (compile {r["compile_s"]:.1f} s) on {r["device"]}', flush=True)
   if FLAGS.startup:
     report['startup'] = _startup(content, style)
     print('startup:', json.dumps(report['startup']), flush=True)
@@ -221,6 +231,11 @@ def _markdown(report):
       lines.append(f'| {size} | {e["optimizer"]} | {r["side"]} | {1000 * r["iter_s"]:.1f} | '
                    f'{r["compile_s"]:.1f} | {_mb(peak)} | {_mb(peak) / mpix:.0f} | '
                    f'{r["final_loss"]:.4g} (N={r["iterations"]}) | {ratio:.2f}x |')
+  for r in report.get('end_to_end', []):
+    lines.append('')
+    lines.append(f'End to end: {r["iterations"]} L-BFGS iterations at 512x512 ({r["precision"]}) '
+                 f'in {r["seconds"]:.2f} s, compile {r["compile_s"]:.1f} s excluded, on '
+                 f'{r["device"]}; final total {sum(v for k, v in r["final_terms"].items() if "/" not in k):.4g}.')
   if 'startup' in report:
     s = report['startup']
     lines.append('')
