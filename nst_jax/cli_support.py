@@ -1,13 +1,22 @@
-"""Shared pieces of the absl-flag scripts: style flags, errors, caches, demo images."""
+"""Shared pieces of the absl-flag scripts: style flags, input checks, errors, caches.
+
+Every check a script makes before computing (images readable, sizes large
+enough, memory sufficient, outputs writable) lives here, so that a bad input
+is refused with one line before the weights are loaded or anything compiles.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from absl import flags
+from PIL import Image
 
 from nst_jax import config as config_lib
 from nst_jax import image_io
@@ -22,11 +31,42 @@ USER_ERRORS = (config_lib.ConfigError, image_io.ImageError, weights_lib.WeightsE
                torch_pickle.TorchFileError)
 
 CACHE_DIR_ENV = 'NST_JAX_CACHE_DIR'
+# Largest image (in pixels) the scripts decode; Pillow's default guards against
+# decompression bombs (about 89 Mpx, refused outright over twice that). Set it
+# to read a larger trusted file, or lower it (the tests do) to exercise the
+# check with small files.
+MAX_PIXELS_ENV = 'NST_JAX_MAX_IMAGE_PIXELS'
 
 
 def fail(message: str) -> int:
-  print(f'error: {message}', file=sys.stderr)
+  """Prints ``error: MESSAGE`` as one line on stderr; returns exit status 1."""
+  print(f'error: {" ".join(str(message).split())}', file=sys.stderr, flush=True)
   return 1
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+  del category, filename, lineno, line
+  print(f'warning: {" ".join(str(message).split())}', file=file or sys.stderr, flush=True)
+
+
+def show_warnings_on_one_line() -> None:
+  """Python warnings print as ``warning: MESSAGE`` (no source file or line)."""
+  warnings.showwarning = _show_warning
+
+
+def apply_env_overrides() -> None:
+  """Applies ``$NST_JAX_MAX_IMAGE_PIXELS`` to Pillow's decompression-bomb limit."""
+  value = os.environ.get(MAX_PIXELS_ENV)
+  if not value:
+    return
+  try:
+    limit = int(value)
+  except ValueError:
+    limit = 0
+  if limit <= 0:
+    raise config_lib.ConfigError(f'${MAX_PIXELS_ENV} must be a positive number of pixels, '
+                                 f'got {value!r}; unset it for the default')
+  Image.MAX_IMAGE_PIXELS = limit
 
 
 def cache_dir() -> Path:
@@ -129,7 +169,32 @@ def config_from_flags(**overrides) -> config_lib.StyleConfig:
       chunk_size=FLAGS.chunk_size, weights=FLAGS.weights, precision=FLAGS.precision,
       remat=FLAGS.remat)
   kw.update(overrides)
+  _check_ranges(kw)
   return config_lib.StyleConfig(**kw)
+
+
+_INT32_MAX = 2**31 - 1       # Iteration counters and sizes live in int32 on the device.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_ranges(kw: dict) -> None:
+  """Refuses numbers that parse but overflow the device's int32/float32."""
+  for name in ('image_size', 'lbfgs_history', 'print_iter', 'save_iter', 'chunk_size'):
+    if abs(kw[name]) > _INT32_MAX:
+      raise config_lib.ConfigError(f'--{name} must be at most {_INT32_MAX}, got {kw[name]}')
+  for name in ('num_iterations', 'scales'):
+    if any(abs(v) > _INT32_MAX for v in kw[name] or ()):
+      raise config_lib.ConfigError(f'--{name} values must be at most {_INT32_MAX}')
+  if not -2**63 <= kw['seed'] < 2**63:
+    raise config_lib.ConfigError(f'--seed must fit in 64 bits, got {kw["seed"]}')
+  for name in ('style_scale', 'content_weight', 'style_weight', 'tv_weight', 'learning_rate',
+               'style_blend_weights', 'style_layer_weights'):
+    values = kw[name] if isinstance(kw[name], tuple) else (kw[name],)
+    # NaN and inf are refused by StyleConfig, with its own message.
+    if any(v is not None and np.isfinite(v) and abs(v) > _FLOAT32_MAX for v in values):
+      raise config_lib.ConfigError(
+          f'--{name} must be at most {_FLOAT32_MAX:.3g} (the float32 range), got '
+          f'{kw[name]!r}')
 
 
 DEMO_CONTENT = 'chelsea.png'
@@ -148,19 +213,223 @@ def demo_images() -> tuple[np.ndarray, list[np.ndarray]]:
   return content, [style]
 
 
-def check_memory(content_hw, config) -> None:
-  """Refuses a run whose estimated peak memory exceeds what is available."""
-  budget = memory.available_bytes()
+def load_image(path, what: str) -> np.ndarray:
+  """``image_io.load_image``, with the way to lift the bomb limit from the shell."""
+  try:
+    return image_io.load_image(path, what=what)
+  except image_io.ImageError as e:
+    if 'decompression bomb' in str(e):
+      raise image_io.ImageError(f'{e} (set {MAX_PIXELS_ENV}=PIXELS)') from None
+    raise
+
+
+def check_sizes(content_hw, style_hws: Sequence[tuple[int, int]], config) -> None:
+  """Refuses, from the shapes alone, an image too small for the deepest layer."""
+  from nst_jax import stylize as st  # Imports JAX; the flags are checked first.
+  for size in config.sizes:
+    st.check_size(memory.scaled_hw(content_hw, size), config, 'the content image')
+    for i, hw in enumerate(style_hws):
+      st.check_size(memory.scaled_hw(hw, memory.style_size(size, config)), config,
+                    f'style image {i + 1}')
+
+
+def check_memory(content_hw, config, style_hws: Sequence[tuple[int, int]] = (),
+                 budget: int | None = None) -> None:
+  """Refuses a run whose estimated peak memory exceeds what is available.
+
+  Works on shapes only, so even an absurd ``--image_size`` is refused at
+  once, before any image is resized.
+
+  Args:
+    content_hw: (height, width) of the content image as loaded.
+    config: the run's StyleConfig.
+    style_hws: (height, width) of each style image as loaded.
+    budget: bytes available (default: ``memory.available_bytes()``).
+  Raises:
+    ConfigError: with the estimate and the largest ``--image_size`` that fits.
+  """
+  budget = memory.available_bytes() if budget is None else budget
   if budget is None:
     return
-  worst = 0
-  for size in config.sizes:
-    s = size / max(content_hw)
-    h, w = max(1, round(content_hw[0] * s)), max(1, round(content_hw[1] * s))
-    worst = max(worst, memory.estimate_peak_bytes(h, w, config))
+  worst = memory.run_peak_bytes(content_hw, config, style_hws)
   if worst > budget:
-    fit = memory.largest_fitting_size(content_hw, config, budget)
+    fit = memory.largest_fitting_size(content_hw, config, budget, style_hws)
+    if fit is None:
+      raise config_lib.ConfigError(
+          f'this run needs about {worst / 2**30:.1f} GiB of memory but only '
+          f'{budget / 2**30:.1f} GiB is available, too little even for the smallest image; '
+          'free some memory')
     raise config_lib.ConfigError(
-        f'this run needs about {worst / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB is '
-        f'available; use --image_size={fit} or less, or --scales ending at {fit}, or '
+        f'this run needs about {worst / 2**30:.1f} GiB of memory but {budget / 2**30:.1f} GiB '
+        f'is available; use --image_size={fit} or less (or --scales ending at {fit}), or '
         '--optimizer=adam / a smaller --lbfgs_history, or --remat')
+
+
+def load_inputs(content, styles, config) -> tuple[np.ndarray, list[np.ndarray]]:
+  """Loads and checks every input of a run before the weights or any compilation.
+
+  Checks, in order of cost: each image decodes, one blend weight per style,
+  the init image decodes, every scale is large enough for the deepest layer,
+  the run fits in memory, and the images prepare at every scale.
+
+  Args:
+    content: path, or an RGB array [H, W, 3] in [0, 1] (the demo's).
+    styles: paths or RGB arrays.
+    config: the validated StyleConfig.
+  Returns:
+    (content RGB [H, W, 3], list of style RGB arrays), float32 in [0, 1].
+  Raises:
+    One of ``USER_ERRORS``, naming the file or flag.
+  """
+  from nst_jax import stylize as st
+
+  def load(image, what):
+    return load_image(image, what) if isinstance(image, (str, os.PathLike)) else image
+
+  content_rgb = load(content, 'content image')
+  style_rgbs = [load(s, f'style image {i + 1}') for i, s in enumerate(styles)]
+  if not style_rgbs:
+    raise config_lib.ConfigError(
+        '--style_image is required (one or more files, comma-separated)')
+  blend = config.style_blend_weights
+  if blend is not None and len(blend) != len(style_rgbs):
+    raise config_lib.ConfigError(
+        f'--style_blend_weights has {len(blend)} values for {len(style_rgbs)} style '
+        'image(s); give one weight per style image')
+  if config.init_image:
+    load_image(config.init_image, 'init image')
+  style_hws = [s.shape[:2] for s in style_rgbs]
+  check_sizes(content_rgb.shape[:2], style_hws, config)
+  check_memory(content_rgb.shape[:2], config, style_hws)
+  for size in config.sizes:  # Cheap now that the sizes are known to be sane.
+    st.prepare_images(content_rgb, style_rgbs, size, config)
+  return content_rgb, style_rgbs
+
+
+def resume_state(path) -> tuple[config_lib.StyleConfig, dict]:
+  """``stylize.resume_state`` for a checkpoint written by ``scripts/stylize.py``.
+
+  Raises:
+    ConfigError: naming ``--resume`` for any unreadable, damaged or foreign file.
+  """
+  from nst_jax import stylize as st
+  if not os.path.isfile(path):
+    what = 'is a directory' if os.path.isdir(path) else 'not found'
+    raise config_lib.ConfigError(
+        f'--resume {str(path)!r} {what}; pass the .ckpt.npz file that an interrupted run '
+        'named when it stopped')
+  try:
+    config, resume = st.resume_state(path)
+    meta = resume['meta']
+    missing = [k for k in ('content', 'styles', 'output') if k not in meta]
+    if missing:
+      raise KeyError(', '.join(missing))
+  except config_lib.ConfigError as e:
+    raise config_lib.ConfigError(e if str(e).startswith('--resume') else
+                                 f'--resume {str(path)!r}: {e}') from None
+  # A damaged file fails in zipfile, json, numpy or pickle, each with its own
+  # exception types; at this boundary they all mean the same to the user.
+  except Exception as e:  # pylint: disable=broad-except
+    detail = ' '.join(str(e).split()) or type(e).__name__
+    raise config_lib.ConfigError(
+        f'--resume {str(path)!r} is not a readable nst_jax checkpoint ({type(e).__name__}: '
+        f'{detail}); pass the .ckpt.npz file written when a run was interrupted') from None
+  return config, resume
+
+
+def check_writable_file(path, flag: str) -> None:
+  """Checks, creating nothing, that a file can be written at ``path`` (any extension).
+
+  Raises:
+    ConfigError: ``path`` is a directory, or the nearest existing folder above
+      it is a file or not writable; the message names ``--flag``.
+  """
+  shown = f'--{flag} {str(path)!r}'
+  target = os.path.abspath(path)
+  if os.path.isdir(target):
+    raise config_lib.ConfigError(f'{shown} is a directory; pass a file name')
+  ancestor = os.path.dirname(target)
+  while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor):
+    raise config_lib.ConfigError(f'{shown}: {ancestor!r} is a file, not a folder; choose '
+                                 'another path')
+  if not os.access(ancestor, os.W_OK | os.X_OK):
+    raise config_lib.ConfigError(f'{shown}: the folder {ancestor!r} is not writable; choose a '
+                                 'folder you can write to')
+
+
+def check_optimizer(config) -> None:
+  """Refuses an ``--optimizer=optax:NAME`` that is not an optimizer of one image.
+
+  ``optax:NAME`` may name any callable in optax; tracing one step on a tiny
+  abstract image (nothing is computed) catches ``optax:chain``,
+  ``optax:apply_updates`` or ``optax:lbfgs`` (which needs the loss function)
+  before anything runs.
+  """
+  if not config.optimizer.startswith('optax:'):
+    return
+  import jax
+  from nst_jax import stylize as st
+
+  def step(x):
+    optimizer = st.make_optimizer(config)
+    return optimizer.update(x, optimizer.init(x), x)
+
+  try:
+    jax.eval_shape(step, jax.ShapeDtypeStruct((8, 8, 3), np.float32))
+  except Exception as e:  # pylint: disable=broad-except
+    detail = (str(e).strip().splitlines() or [''])[0][:160] or type(e).__name__
+    raise config_lib.ConfigError(
+        f'--optimizer {config.optimizer!r} cannot optimise an image ({type(e).__name__}: '
+        f'{detail}); use lbfgs, lbfgs_linesearch, adam, or an optax optimizer that takes a '
+        'learning rate, such as optax:sgd or optax:adamw') from None
+
+
+def check_weights_name(name: str) -> None:
+  """Refuses at once a ``--weights`` that names no file and no known weight set."""
+  names = ', '.join(weights_lib.SOURCES)
+  if name.endswith('.safetensors') or os.sep in name:  # As weights.load tells them apart.
+    if not os.path.isfile(name):
+      what = 'is a directory' if os.path.isdir(name) else 'not found'
+      raise weights_lib.WeightsError(
+          f'--weights {name!r} {what}; pass a .safetensors file written by '
+          f'scripts/port_weights.py, or one of the names {names}')
+  elif name not in weights_lib.SOURCES:
+    raise weights_lib.WeightsError(f'--weights: unknown weight set {name!r}; choose one of '
+                                   f'{names} or give a .safetensors path')
+
+
+def load_weights(name: str) -> weights_lib.WeightSet:
+  """``weights.load`` with ``--weights`` named in the error."""
+  check_weights_name(name)
+  try:
+    return weights_lib.load(name)
+  except weights_lib.WeightsError as e:
+    raise weights_lib.WeightsError(f'--weights {name!r}: {e}') from None
+
+
+def save_or_rescue(path, image: np.ndarray) -> str:
+  """Saves ``image`` at ``path``; if that fails, in ``cache_dir()/rescued`` instead.
+
+  A long run's result should not be lost to a full disk or a folder that
+  went away while it ran.
+
+  Returns:
+    ``path``.
+  Raises:
+    image_io.ImageError: ``path`` could not be written; the message says
+      where the image was saved instead, if anywhere.
+  """
+  try:
+    image_io.save_image(path, image)
+    return os.fspath(path)
+  except image_io.ImageError as e:
+    error = e
+  rescue = cache_dir() / 'rescued' / f'{Path(path).stem}-{time.strftime("%Y%m%d-%H%M%S")}.png'
+  try:
+    image_io.save_image(rescue, image)
+  except image_io.ImageError:
+    raise error from None
+  raise image_io.ImageError(f'{error}; the image was saved to {str(rescue)!r} '
+                            'instead') from None

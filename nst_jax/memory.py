@@ -9,6 +9,7 @@ calibrated against measured peak RSS on CPU (see benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
+import math
 import os
 
 from nst_jax import vgg
@@ -69,14 +70,44 @@ def available_bytes() -> int | None:
     return None
 
 
-def largest_fitting_size(aspect_hw: tuple[int, int], config, budget: int) -> int:
-  """Largest ``image_size`` (longest side) whose estimate fits in ``budget``."""
-  h0, w0 = aspect_hw
-  lo, hi = 16, 16384
+def scaled_hw(hw: tuple[int, int], size: int) -> tuple[int, int]:
+  """(h, w) after resizing the longest side to ``size``, as ``image_io.resize_longest``."""
+  h, w = hw
+  other = max(1, int(math.floor(min(h, w) * size / max(h, w) + 0.5)))
+  return (size, other) if h >= w else (other, size)
+
+
+def style_size(size: int, config) -> int:
+  """Longest side of the style images at content size ``size`` (as ``prepare_images``)."""
+  return max(1, int(math.ceil(config.style_scale * size)))
+
+
+def run_peak_bytes(content_hw, config, style_hws=()) -> int:
+  """Estimated peak over the run's scales, from the loaded images' shapes."""
+  worst = 0
+  for size in config.sizes:
+    styles = [scaled_hw(hw, style_size(size, config)) for hw in style_hws]
+    worst = max(worst, estimate_peak_bytes(*scaled_hw(content_hw, size), config, styles))
+  return worst
+
+
+def largest_fitting_size(aspect_hw: tuple[int, int], config, budget: int,
+                         style_hws=()) -> int | None:
+  """Largest ``image_size`` (longest side) whose estimate fits in ``budget``.
+
+  Only shapes are computed, so this is instant whatever the sizes. Returns
+  None when not even a 1 px image fits (the fixed overhead exceeds the budget).
+  """
+  def fits(size):
+    styles = [scaled_hw(hw, style_size(size, config)) for hw in style_hws]
+    return estimate_peak_bytes(*scaled_hw(aspect_hw, size), config, styles) <= budget
+
+  if not fits(1):
+    return None
+  lo, hi = 1, 1 << 16
   while lo < hi:
     mid = (lo + hi + 1) // 2
-    s = mid / max(h0, w0)
-    if estimate_peak_bytes(max(1, round(h0 * s)), max(1, round(w0 * s)), config) <= budget:
+    if fits(mid):
       lo = mid
     else:
       hi = mid - 1
