@@ -3,33 +3,57 @@
 The pieces, one module each: ``vgg`` (the network), ``weights`` (weight sets
 and porting), ``losses`` (the objective as pure functions), ``lbfgs`` (the
 optimizer), ``color`` (colour control), ``image_io`` (files), ``config`` (the
-settings), ``stylize`` (the run loop) and ``matrix`` (many images at once).
+settings), ``transfer`` (the run loop: ``stylize``) and ``matrix`` (many
+images at once).
+
+Names are imported on first use, so ``import nst_jax`` (and the scripts'
+flag checking) does not pay for importing JAX until something needs it.
 """
 
-from nst_jax.config import ConfigError
-from nst_jax.config import StyleConfig
-from nst_jax.image_io import ImageError
-from nst_jax.image_io import load_image
-from nst_jax.image_io import save_image
-from nst_jax.lbfgs import scale_by_torch_lbfgs
-from nst_jax.losses import LossSpec
-from nst_jax.losses import content_loss
-from nst_jax.losses import default_loss_weights
-from nst_jax.losses import gram
-from nst_jax.losses import make_targets
-from nst_jax.losses import style_loss
-from nst_jax.losses import total_loss
-from nst_jax.losses import tv_loss
-from nst_jax.matrix import StyleSpec
-from nst_jax.matrix import stylize_many
-from nst_jax.stylize import Interrupted
-from nst_jax.stylize import NonFiniteError
-from nst_jax.stylize import StyleResult
-# nst_jax.stylize(...) is exported once the run-loop module is renamed (see README).
-from nst_jax.vgg import VGG19
-from nst_jax.vgg import features
-from nst_jax.weights import WeightSet
-from nst_jax.weights import WeightsError
-from nst_jax.weights import load as load_weights
+import importlib
 
 __version__ = '0.1.0'
+
+# Public name -> (module, attribute).
+_EXPORTS = {
+    'ConfigError': ('config', 'ConfigError'),
+    'StyleConfig': ('config', 'StyleConfig'),
+    'ImageError': ('image_io', 'ImageError'),
+    'load_image': ('image_io', 'load_image'),
+    'save_image': ('image_io', 'save_image'),
+    'scale_by_torch_lbfgs': ('lbfgs', 'scale_by_torch_lbfgs'),
+    'LossSpec': ('losses', 'LossSpec'),
+    'content_loss': ('losses', 'content_loss'),
+    'default_loss_weights': ('losses', 'default_loss_weights'),
+    'gram': ('losses', 'gram'),
+    'make_targets': ('losses', 'make_targets'),
+    'style_loss': ('losses', 'style_loss'),
+    'total_loss': ('losses', 'total_loss'),
+    'tv_loss': ('losses', 'tv_loss'),
+    'StyleSpec': ('matrix', 'StyleSpec'),
+    'stylize_many': ('matrix', 'stylize_many'),
+    'Interrupted': ('transfer', 'Interrupted'),
+    'NonFiniteError': ('transfer', 'NonFiniteError'),
+    'StyleResult': ('transfer', 'StyleResult'),
+    'stylize': ('transfer', 'stylize'),
+    'VGG19': ('vgg', 'VGG19'),
+    'features': ('vgg', 'features'),
+    'WeightSet': ('weights', 'WeightSet'),
+    'WeightsError': ('weights', 'WeightsError'),
+    'load_weights': ('weights', 'load'),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  if name in _EXPORTS:
+    module, attr = _EXPORTS[name]
+    value = getattr(importlib.import_module(f'nst_jax.{module}'), attr)
+    globals()[name] = value
+    return value
+  raise AttributeError(f'module nst_jax has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_EXPORTS))

@@ -51,7 +51,7 @@ def run_jax(args: dict) -> dict:
   """Times nst_jax on one (size, optimizer); returns a JSON-able dict."""
   import jax
   import jax.numpy as jnp
-  from nst_jax import stylize as st
+  from nst_jax import transfer as st
   from nst_jax.config import StyleConfig
   if args.get('matmul_precision'):
     jax.config.update('jax_default_matmul_precision', args['matmul_precision'])
@@ -213,7 +213,7 @@ def run_jax_end_to_end(args: dict) -> dict:
   """
   import jax
   import jax.numpy as jnp
-  from nst_jax import stylize as st
+  from nst_jax import transfer as st
   from nst_jax.config import StyleConfig
   ws = weights_lib.load()
   prep = ws.preprocessing

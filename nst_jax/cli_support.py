@@ -225,7 +225,7 @@ def load_image(path, what: str) -> np.ndarray:
 
 def check_sizes(content_hw, style_hws: Sequence[tuple[int, int]], config) -> None:
   """Refuses, from the shapes alone, an image too small for the deepest layer."""
-  from nst_jax import stylize as st  # Imports JAX; the flags are checked first.
+  from nst_jax import transfer as st  # Imports JAX; the flags are checked first.
   for size in config.sizes:
     st.check_size(memory.scaled_hw(content_hw, size), config, 'the content image')
     for i, hw in enumerate(style_hws):
@@ -281,7 +281,7 @@ def load_inputs(content, styles, config) -> tuple[np.ndarray, list[np.ndarray]]:
   Raises:
     One of ``USER_ERRORS``, naming the file or flag.
   """
-  from nst_jax import stylize as st
+  from nst_jax import transfer as st
 
   def load(image, what):
     return load_image(image, what) if isinstance(image, (str, os.PathLike)) else image
@@ -312,7 +312,7 @@ def resume_state(path) -> tuple[config_lib.StyleConfig, dict]:
   Raises:
     ConfigError: naming ``--resume`` for any unreadable, damaged or foreign file.
   """
-  from nst_jax import stylize as st
+  from nst_jax import transfer as st
   if not os.path.isfile(path):
     what = 'is a directory' if os.path.isdir(path) else 'not found'
     raise config_lib.ConfigError(
@@ -370,7 +370,7 @@ def check_optimizer(config) -> None:
   if not config.optimizer.startswith('optax:'):
     return
   import jax
-  from nst_jax import stylize as st
+  from nst_jax import transfer as st
 
   def step(x):
     optimizer = st.make_optimizer(config)

@@ -12,12 +12,16 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-from nst_jax import vgg
+from nst_jax import layers as vgg  # names only: no JAX import
 
 OPTIMIZERS = ('lbfgs', 'lbfgs_linesearch', 'adam')
 COLORS = ('none', 'luminance', 'histogram')
 INITS = ('random', 'image')
 PRECISIONS = ('float32', 'bfloat16')
+
+
+_INT32_MAX = 2**31 - 1
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 class ConfigError(ValueError):
@@ -145,6 +149,18 @@ class StyleConfig:
         raise ConfigError(f'--{name} must be >= 0 (0 disables it)')
     if self.chunk_size < 1:
       raise ConfigError('--chunk_size must be >= 1')
+    # Counters live in int32 on the device, weights in float32.
+    for name in ('image_size', 'lbfgs_history', 'print_iter', 'save_iter', 'chunk_size'):
+      if getattr(self, name) > _INT32_MAX:
+        raise ConfigError(f'--{name} must be at most {_INT32_MAX}')
+    if any(v > _INT32_MAX for v in self.num_iterations + (self.scales or ())):
+      raise ConfigError(f'--num_iterations and --scales must be at most {_INT32_MAX}')
+    if not -2**63 <= self.seed < 2**63:
+      raise ConfigError(f'--seed must fit in 64 bits, got {self.seed}')
+    for name in ('style_scale', 'content_weight', 'style_weight', 'tv_weight', 'learning_rate'):
+      v = getattr(self, name)
+      if v is not None and abs(v) > _FLOAT32_MAX:
+        raise ConfigError(f'--{name} must be at most {_FLOAT32_MAX:.3g} (float32), got {v!r}')
 
   @property
   def sizes(self) -> tuple[int, ...]:

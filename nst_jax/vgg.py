@@ -20,38 +20,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-# (block, number of convolutions, output channels).
-_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512))
+from nst_jax.layers import BLOCKS as _BLOCKS
+from nst_jax.layers import CONV_NAMES
+from nst_jax.layers import CONV_SPECS
+from nst_jax.layers import LAYER_NAMES
+from nst_jax.layers import POOL_NAMES
+from nst_jax.layers import POOLINGS
+from nst_jax.layers import RELU_NAMES
+from nst_jax.layers import TAP_NAMES
 
-
-def _layer_specs():
-  """Yields (conv name, in channels, out channels) in network order."""
-  cin = 3
-  for block, count, cout in _BLOCKS:
-    for i in range(1, count + 1):
-      yield f'conv{block}_{i}', cin, cout
-      cin = cout
-
-
-CONV_SPECS: tuple[tuple[str, int, int], ...] = tuple(_layer_specs())
-CONV_NAMES: tuple[str, ...] = tuple(name for name, _, _ in CONV_SPECS)
-
-# Every layer output in order: conv1_1, relu1_1, conv1_2, relu1_2, pool1, ...
-LAYER_NAMES: tuple[str, ...] = tuple(
-    name
-    for block, count, _ in _BLOCKS
-    for name in (
-        *(n for i in range(1, count + 1)
-          for n in (f'conv{block}_{i}', f'relu{block}_{i}')),
-        f'pool{block}',
-    )
-)
-RELU_NAMES: tuple[str, ...] = tuple(n for n in LAYER_NAMES if n.startswith('relu'))
-POOL_NAMES: tuple[str, ...] = tuple(n for n in LAYER_NAMES if n.startswith('pool'))
-TAP_NAMES: tuple[str, ...] = RELU_NAMES + POOL_NAMES
 _LAYER_INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}
 
-POOLINGS = ('max', 'avg')
 
 Params = Mapping[str, Mapping[str, jax.Array]]
 

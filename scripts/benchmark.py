@@ -112,7 +112,7 @@ def _matrix_throughput(content, style):
   """Images per minute for a 4x4 matrix at 256 px: batched vs one-by-one."""
   code = f'''
 import json, time, numpy as np, jax
-from nst_jax import matrix, stylize as st, weights, image_io
+from nst_jax import matrix, transfer as st, weights, image_io
 from nst_jax.config import StyleConfig
 ws = weights.load()
 base_c = image_io.load_image({content!r}); base_s = image_io.load_image({style!r})

@@ -115,7 +115,7 @@ def _inputs():
 
 
 def _run() -> int:
-  from nst_jax import stylize as st
+  from nst_jax import transfer as st
 
   config, content, styles, content_rgb, style_rgbs, output, checkpoint, resume = _inputs()
   ws = cli_support.load_weights(config.weights)

@@ -17,7 +17,7 @@ _SCRIPT = textwrap.dedent('''
     os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
     import jax, numpy as np
     jax.config.update('jax_default_matmul_precision', 'float32')
-    from nst_jax import matrix, stylize as st, weights
+    from nst_jax import matrix, transfer as st, weights
     from nst_jax.config import StyleConfig
     rng = np.random.default_rng(0)
     def img(h, w, k):

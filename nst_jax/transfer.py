@@ -18,9 +18,11 @@ import functools
 import json
 import math
 import os
+import pickle
 import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -269,7 +271,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, list[np.ndarray]]:
     with np.load(path) as z:
       meta = json.loads(z['meta'].tobytes().decode())
       leaves = [z[f'leaf{i}'] for i in range(len(z.files) - 1)]
-  except (OSError, ValueError, KeyError) as e:
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
+          pickle.UnpicklingError) as e:  # JSONDecodeError is a ValueError.
     raise ConfigError(f'--resume: {path} is not a readable nst_jax checkpoint ({e})') from None
   return meta, leaves
 
@@ -407,12 +410,17 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
       if save_callback and config.save_iter and it % config.save_iter == 0 and it < n_iters:
         save_callback(scale_index, it, current())
       if stop_event is not None and stop_event.is_set() and it < n_iters:
+        note = ''
         if checkpoint_path is not None:
-          save_checkpoint(checkpoint_path, {
-              **(checkpoint_extra or {}), 'config': config.to_dict(), 'scale_index': scale_index, 'iteration': it,
-              'arrays': [x, *jax.tree.leaves(opt_state)]})
-        raise Interrupted(f'interrupted at iteration {it} of {n_iters} (scale {scale_index + 1})',
-                          current(), it)
+          try:
+            save_checkpoint(checkpoint_path, {
+                **(checkpoint_extra or {}), 'config': config.to_dict(),
+                'scale_index': scale_index, 'iteration': it,
+                'arrays': [x, *jax.tree.leaves(opt_state)]})
+          except OSError as e:  # Keep the image even when the disk is full.
+            note = f'; checkpoint not written: {e}'
+        raise Interrupted(f'interrupted at iteration {it} of {n_iters} (scale {scale_index + 1})'
+                          f'{note}', current(), it)
   content_final = image_io.resize_longest(content_rgb, config.sizes[-1])
   image = finish_image(_deprocess(x, prep), content_final, config)
   return StyleResult(image, terms, total_iters, time.perf_counter() - start)
