@@ -198,7 +198,7 @@ def _check_ranges(kw: dict) -> None:
 
 
 DEMO_CONTENT = 'chelsea.png'
-DEMO_STYLE = 'hubble_deep_field.jpg'
+DEMO_STYLE = 'ihc.png'  # immunohistochemistry stain: a painterly texture
 
 
 def demo_images() -> tuple[np.ndarray, list[np.ndarray]]:

@@ -141,6 +141,8 @@ def make_targets(params, content: Array, styles: Sequence[Array],
   """
   content_feats = spec.features(params, content[None])
   content_t = {l: content_feats[l][0] for l in spec.content_layers}
+  if not spec.style_layers:
+    return {'content': content_t, 'style': {}}
   grams = []
   for style in styles:
     feats = vgg.features(params, style[None], spec.style_layers, pooling=spec.pooling,
@@ -200,7 +202,8 @@ def total_loss(image: Array, params, targets: Mapping, loss_weights: Mapping,
   for layer in spec.style_layers:
     terms[f'style/{layer}'] = weighted('style', layer, style_loss, targets['style'][layer])
   terms['tv'] = loss_weights['tv'] * tv_loss(image.astype(jnp.float32))
-  terms['content'] = sum(terms[f'content/{l}'] for l in spec.content_layers)
-  terms['style'] = sum(terms[f'style/{l}'] for l in spec.style_layers)
+  zero = jnp.zeros((), jnp.float32)
+  terms['content'] = sum((terms[f'content/{l}'] for l in spec.content_layers), zero)
+  terms['style'] = sum((terms[f'style/{l}'] for l in spec.style_layers), zero)
   total = terms['content'] + terms['style'] + terms['tv']
   return total, terms

@@ -172,7 +172,7 @@ def stylize_many(contents: Sequence, styles: Sequence[StyleSpec | str], config: 
   loss_weights = losses.default_loss_weights(
       spec, config.content_weight, config.style_weight, config.tv_weight,
       config.style_layer_weights)
-  targets_fn = jax.jit(functools.partial(losses.make_targets, spec=spec))
+  targets_fn = st.compiled_targets(spec)
   chunk_fn, init_fn = _batched_chunk(spec, st._optimizer_key(config), st._needs_value(config))
   mesh = make_mesh(devices)
   ndev = mesh.devices.size

@@ -168,6 +168,12 @@ def _compiled_chunk(spec, config_key, needs_value):
   return jax.jit(chunk, donate_argnums=(0, 1)), jax.jit(optimizer.init)
 
 
+@functools.lru_cache(maxsize=16)
+def compiled_targets(spec: losses.LossSpec) -> Callable:
+  """``make_targets`` jitted once per spec (a new jit per call would recompile)."""
+  return jax.jit(functools.partial(losses.make_targets, spec=spec))
+
+
 def _optimizer_key(config: StyleConfig):
   return (('optimizer', config.optimizer), ('learning_rate', config.learning_rate),
           ('lbfgs_history', config.lbfgs_history))
@@ -342,7 +348,7 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
       spec, config.content_weight, config.style_weight, config.tv_weight,
       config.style_layer_weights)
   chunk_fn, init_fn = _compiled_chunk(spec, _optimizer_key(config), _needs_value(config))
-  targets_fn = jax.jit(functools.partial(losses.make_targets, spec=spec))
+  targets_fn = compiled_targets(spec)
 
   start = time.perf_counter()
   x = None
@@ -390,7 +396,9 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
       total_iters += done
       terms = {k: float(v) for k, v in info.terms.items()}
       if bool(info.bad):
-        bad = [k for k, v in terms.items() if not math.isfinite(v)]
+        # Name the per-layer term first (content/relu4_2 rather than the sum).
+        bad = sorted((k for k, v in terms.items() if not math.isfinite(v)),
+                     key=lambda k: ('/' not in k and k != 'tv', k))
         what = f'loss term {bad[0]}' if bad else 'the gradient'
         img = finish_image(_deprocess(last_good, prep), content_full, config)
         raise NonFiniteError(

@@ -59,7 +59,7 @@ def _default_images():
     return str(content), str(style)
   import skimage
   data = Path(skimage.__file__).parent / 'data'
-  return str(data / 'chelsea.png'), str(data / 'hubble_deep_field.jpg')
+  return str(data / 'chelsea.png'), str(data / 'ihc.png')
 
 
 def _chunk(size):
