@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 
-from nst_jax import vgg
+from nst_jax import layers as vgg  # names only: no JAX import
 
 _ACTIVATION_FACTOR = 3.0        # saved forward values + backward temporaries
 _OVERHEAD_BYTES = 600 * 2**20   # XLA runtime, weights, compiled programs
@@ -20,7 +20,7 @@ _OVERHEAD_BYTES = 600 * 2**20   # XLA runtime, weights, compiled programs
 
 def activation_bytes(h: int, w: int, layers) -> int:
   """Bytes of all layer outputs up to the deepest of ``layers`` for one image."""
-  last = vgg.LAYER_NAMES.index(vgg.deepest(layers))
+  last = max(vgg.LAYER_NAMES.index(l) for l in layers)
   total, ch, cw = 0, h, w
   channels = 3
   for name in vgg.LAYER_NAMES[:last + 1]:
