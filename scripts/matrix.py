@@ -10,6 +10,7 @@ Problems with the same content shape are optimised together, sharded over
 all local devices. All style flags of stylize.py apply.
 """
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -90,4 +91,5 @@ def _try_load(image_io, path):
 
 
 if __name__ == '__main__':
+  logging.getLogger('jax').setLevel(logging.WARNING)
   app.run(main)
