@@ -87,7 +87,7 @@ def enable_compilation_cache() -> None:
   except OSError:
     return  # An unwritable cache only costs compile time.
   jax.config.update('jax_compilation_cache_dir', str(path))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
