@@ -103,7 +103,7 @@ def make_mesh(devices=None) -> Mesh:
 @functools.lru_cache(maxsize=8)
 def _batched_chunk(spec, config_key, needs_value):
   optimizer = st.make_optimizer(StyleConfig(**dict(config_key)))
-  chunk = st.make_chunk_fn(spec, optimizer, needs_value=needs_value)
+  chunk = st.make_chunk_fn(spec, optimizer, needs_value=needs_value, for_vmap=True)
   batched = jax.vmap(chunk, in_axes=(0, 0, None, 0, None, None))
   return (jax.jit(batched, donate_argnums=(0, 1)), jax.jit(jax.vmap(optimizer.init)))
 

@@ -116,12 +116,18 @@ class ChunkInfo(NamedTuple):
 
 
 def make_chunk_fn(spec: losses.LossSpec, optimizer: optax.GradientTransformation,
-                  *, needs_value: bool = False) -> Callable:
+                  *, needs_value: bool = False, for_vmap: bool = False) -> Callable:
   """Builds ``chunk(x, opt_state, params, targets, loss_weights, n)``.
 
   Runs up to ``n`` optimizer iterations (a traced int, so any chunk length
   reuses one program) and returns ``(x, opt_state, last_finite_x, info)``.
-  Not jitted: callers jit (and vmap) it.
+  A non-finite evaluation stops the chunk and ``last_finite_x`` is the image
+  of the last finite one. Not jitted: callers jit (and vmap) it.
+
+  With ``for_vmap=True`` the loop's stopping test depends only on the shared
+  counter, so under ``jax.vmap`` it is not batched and JAX does not select
+  over every problem's whole carry (the L-BFGS history) each iteration; a
+  problem that went non-finite just stops changing its image.
   """
   loss_fn = functools.partial(losses.total_loss, spec=spec)
 
@@ -129,33 +135,34 @@ def make_chunk_fn(spec: losses.LossSpec, optimizer: optax.GradientTransformation
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
     def cond(c):
-      i, bad = c[0], c[4]
-      return (i < n) & ~bad
+      k, bad = c[0], c[5]
+      return k < n if for_vmap else (k < n) & ~bad
 
     def body(c):
-      i, x, opt_state, last_good, _, _, terms = c
+      k, i, x, opt_state, last_good, bad, prev_grad_ok, terms = c
       (value, new_terms), g = value_and_grad(x, params, targets, loss_weights)
       grad_ok = jnp.all(jnp.isfinite(g))
-      ok = jnp.isfinite(value) & grad_ok
-
-      def step(operand):
-        x, opt_state = operand
-        if needs_value:
-          updates, opt_state = optimizer.update(
-              g, opt_state, x, value=value, grad=g,
-              value_fn=lambda z: loss_fn(z, params, targets, loss_weights)[0])
-        else:
-          updates, opt_state = optimizer.update(g, opt_state, x)
-        return optax.apply_updates(x, updates), opt_state
-
-      new_x, new_state = jax.lax.cond(ok, step, lambda o: o, (x, opt_state))
-      return (i + ok.astype(jnp.int32), new_x, new_state, jnp.where(ok, x, last_good),
-              ~ok, grad_ok, new_terms)
+      ok = jnp.isfinite(value) & grad_ok & ~bad
+      # The update runs unconditionally and only the image is masked: a
+      # lax.cond here would become a select over the whole optimizer state
+      # under vmap. After a non-finite evaluation the state is not used again.
+      if needs_value:
+        updates, new_state = optimizer.update(
+            g, opt_state, x, value=value, grad=g,
+            value_fn=lambda z: loss_fn(z, params, targets, loss_weights)[0])
+      else:
+        updates, new_state = optimizer.update(g, opt_state, x)
+      new_x = jnp.where(ok, optax.apply_updates(x, updates), x)
+      new_terms = jax.tree.map(lambda a, b: jnp.where(bad, b, a), new_terms, terms)
+      return (k + 1, i + ok.astype(jnp.int32), new_x, new_state,
+              jnp.where(ok, x, last_good), bad | ~ok, jnp.where(bad, prev_grad_ok, grad_ok),
+              new_terms)
 
     _, terms0 = jax.eval_shape(loss_fn, x, params, targets, loss_weights)
     terms0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), terms0)
-    init = (jnp.int32(0), x, opt_state, x, jnp.bool_(False), jnp.bool_(True), terms0)
-    i, x, opt_state, last_good, bad, grad_ok, terms = jax.lax.while_loop(cond, body, init)
+    init = (jnp.int32(0), jnp.int32(0), x, opt_state, x, jnp.bool_(False), jnp.bool_(True),
+            terms0)
+    _, i, x, opt_state, last_good, bad, grad_ok, terms = jax.lax.while_loop(cond, body, init)
     return x, opt_state, last_good, ChunkInfo(i, bad, grad_ok, terms)
 
   return chunk
