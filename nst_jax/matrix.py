@@ -164,14 +164,7 @@ def stylize_many(contents: Sequence, styles: Sequence[StyleSpec | str], config: 
 
   ws = weights or weights_lib.load(config.weights)
   prep = ws.preprocessing
-  params = jax.tree.map(jnp.asarray, ws.params)
-  spec = losses.LossSpec(config.content_layers, config.style_layers, config.pooling,
-                         config.normalize_gradients,
-                         None if config.precision == 'float32' else config.precision,
-                         config.remat)
-  loss_weights = losses.default_loss_weights(
-      spec, config.content_weight, config.style_weight, config.tv_weight,
-      config.style_layer_weights)
+  params, spec, loss_weights = st.objective(config, ws)
   targets_fn = st.compiled_targets(spec)
   chunk_fn, init_fn = _batched_chunk(spec, st._optimizer_key(config), st._needs_value(config))
   mesh = make_mesh(devices)

@@ -175,6 +175,18 @@ def _compiled_chunk(spec, config_key, needs_value):
   return jax.jit(chunk, donate_argnums=(0, 1)), jax.jit(optimizer.init)
 
 
+def objective(config: StyleConfig, ws: weights_lib.WeightSet):
+  """(params as device arrays, LossSpec, loss-weight pytree) for ``config``."""
+  spec = losses.LossSpec(config.content_layers, config.style_layers, config.pooling,
+                         config.normalize_gradients,
+                         None if config.precision == 'float32' else config.precision,
+                         config.remat)
+  loss_weights = losses.default_loss_weights(
+      spec, config.content_weight, config.style_weight, config.tv_weight,
+      config.style_layer_weights)
+  return jax.tree.map(jnp.asarray, ws.params), spec, loss_weights
+
+
 @functools.lru_cache(maxsize=16)
 def compiled_targets(spec: losses.LossSpec) -> Callable:
   """``make_targets`` jitted once per spec (a new jit per call would recompile)."""
@@ -346,14 +358,7 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike],
 
   ws = weights or weights_lib.load(config.weights)
   prep = ws.preprocessing
-  params = jax.tree.map(jnp.asarray, ws.params)
-  spec = losses.LossSpec(config.content_layers, config.style_layers, config.pooling,
-                         config.normalize_gradients,
-                         None if config.precision == 'float32' else config.precision,
-                         config.remat)
-  loss_weights = losses.default_loss_weights(
-      spec, config.content_weight, config.style_weight, config.tv_weight,
-      config.style_layer_weights)
+  params, spec, loss_weights = objective(config, ws)
   chunk_fn, init_fn = _compiled_chunk(spec, _optimizer_key(config), _needs_value(config))
   targets_fn = compiled_targets(spec)
 
