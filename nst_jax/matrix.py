@@ -32,7 +32,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nst_jax import image_io
-from nst_jax import losses
 from nst_jax import transfer as st
 from nst_jax import weights as weights_lib
 from nst_jax.config import ConfigError, StyleConfig

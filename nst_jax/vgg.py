@@ -26,7 +26,7 @@ from nst_jax.layers import CONV_SPECS
 from nst_jax.layers import LAYER_NAMES
 from nst_jax.layers import POOL_NAMES
 from nst_jax.layers import POOLINGS
-from nst_jax.layers import RELU_NAMES
+from nst_jax.layers import RELU_NAMES  # noqa: F401  (re-exported)
 from nst_jax.layers import TAP_NAMES
 
 _LAYER_INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}

@@ -103,7 +103,7 @@ def main(argv):
       params, jnp.asarray(content), [jnp.asarray(style)], jnp.ones(1))
   objective = jax.jit(functools.partial(losses.total_loss, spec=spec))
   opt = lbfgs.scale_by_torch_lbfgs(FLAGS.history)
-  chunk = jax.jit(stylize.make_chunk_fn(spec, opt))
+  chunk = jax.jit(transfer.make_chunk_fn(spec, opt))
   x_jax, jax_times = _jax_run(chunk, x0, params, targets, loss_weights, opt, n,
                               FLAGS.timing_chunk)
   print(f'jax: done, {statistics.median(jax_times) * 1e3:.1f} ms/iteration', flush=True)
@@ -152,7 +152,7 @@ def main(argv):
   if FLAGS.with_optax_lbfgs:
     # optax.lbfgs needs the value and a value_fn for its zoom line search.
     opt2 = optax.lbfgs(memory_size=FLAGS.history)
-    chunk2 = jax.jit(stylize.make_chunk_fn(spec, opt2, needs_value=True))
+    chunk2 = jax.jit(transfer.make_chunk_fn(spec, opt2, needs_value=True))
     x_opt, opt_times = _jax_run(chunk2, x0, params, targets, loss_weights, opt2, n,
                                 FLAGS.timing_chunk)
     results['final_objective_optax_lbfgs'] = score(np.asarray(x_opt))[0]
