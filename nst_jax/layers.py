@@ -30,3 +30,9 @@ RELU_NAMES: tuple[str, ...] = tuple(n for n in LAYER_NAMES if n.startswith('relu
 POOL_NAMES: tuple[str, ...] = tuple(n for n in LAYER_NAMES if n.startswith('pool'))
 TAP_NAMES: tuple[str, ...] = RELU_NAMES + POOL_NAMES
 POOLINGS = ('max', 'avg')
+
+
+def param_shapes() -> dict[str, dict[str, tuple[int, ...]]]:
+  """Expected shape of every parameter, used to validate ported weights."""
+  return {name: {'kernel': (3, 3, cin, cout), 'bias': (cout,)}
+          for name, cin, cout in CONV_SPECS}

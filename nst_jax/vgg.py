@@ -28,6 +28,7 @@ from nst_jax.layers import POOL_NAMES
 from nst_jax.layers import POOLINGS
 from nst_jax.layers import RELU_NAMES  # noqa: F401  (re-exported)
 from nst_jax.layers import TAP_NAMES
+from nst_jax.layers import param_shapes  # noqa: F401  (re-exported)
 
 _LAYER_INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}
 
@@ -216,12 +217,6 @@ def init_params(key: jax.Array, dtype=jnp.float32) -> dict[str, dict[str, jax.Ar
         'bias': (jax.random.normal(kb, (cout,)) * 0.01).astype(dtype),
     }
   return params
-
-
-def param_shapes() -> dict[str, dict[str, tuple[int, ...]]]:
-  """Expected shape of every parameter, used to validate ported weights."""
-  return {name: {'kernel': (3, 3, cin, cout), 'bias': (cout,)}
-          for name, cin, cout in CONV_SPECS}
 
 
 class Conv3x3(nnx.Module):

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from nst_jax import torch_pickle
-from nst_jax import vgg
+from nst_jax import layers as vgg  # names and shapes only: no JAX import
 
 log = logging.getLogger(__name__)
 
