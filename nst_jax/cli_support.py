@@ -131,24 +131,22 @@ def define_style_flags() -> None:
                     '(less memory, more time).')
 
 
-def _floats(name, values):
+def _parse_list(name, values, kind, what):
   if values is None:
     return None
   try:
-    return tuple(float(v) for v in values)
+    return tuple(kind(v) for v in values)
   except ValueError:
-    raise config_lib.ConfigError(f'--{name} must be comma-separated numbers, got '
+    raise config_lib.ConfigError(f'--{name} must be comma-separated {what}, got '
                                  f'{",".join(values)!r}') from None
+
+
+def _floats(name, values):
+  return _parse_list(name, values, float, 'numbers')
 
 
 def _ints(name, values):
-  if values is None:
-    return None
-  try:
-    return tuple(int(v) for v in values)
-  except ValueError:
-    raise config_lib.ConfigError(f'--{name} must be comma-separated integers, got '
-                                 f'{",".join(values)!r}') from None
+  return _parse_list(name, values, int, 'integers')
 
 
 def config_from_flags(**overrides) -> config_lib.StyleConfig:

@@ -204,10 +204,11 @@ def stylize_many(contents: Sequence, styles: Sequence[StyleSpec | str], config: 
       targets = jax.tree.map(lambda *t: jnp.stack(t), *[t for _, _, t in members])
       targets = jax.device_put(targets, batch_sharding)
       if config.init == 'image' or config.init_image:
+        init_rgb = st._as_rgb(config.init_image, 'init image') if config.init_image else None
         x0 = []
         for i, _, _ in members:
           content_full = image_io.resize_longest(content_rgbs[i], size)
-          src = (image_io.resize_to(st._as_rgb(config.init_image, 'init image'), h, w)
+          src = (image_io.resize_to(init_rgb, h, w)
                  if config.init_image else content_full)
           x0.append(prep.apply(src))
         x = jnp.asarray(np.stack(x0), jnp.float32)

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 jax.config.update('jax_default_matmul_precision', 'float32')
@@ -30,3 +31,16 @@ def caffe_weights():
     if os.environ.get('CI'):
       raise
     pytest.skip(f'default weights unavailable: {e}')
+
+
+def rel_err(a, b) -> float:
+  """Largest absolute difference relative to the reference's largest magnitude."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+@pytest.fixture(scope='session')
+def random_params():
+  """Random VGG19 weights (numpy): enough where real features are not needed."""
+  from nst_jax import vgg
+  return jax.tree.map(np.asarray, vgg.init_params(jax.random.key(0)))

@@ -14,26 +14,14 @@ import pytest
 
 from nst_jax import image_io
 from nst_jax import losses
-from nst_jax import vgg
 
 torch = pytest.importorskip('torch')
 from nst_jax import torch_twin  # noqa: E402  (needs torch)
 
-from conftest import shared_image  # noqa: E402
+from conftest import rel_err, shared_image  # noqa: E402
 
 TERM_RTOL = 1e-4
 GRAD_RTOL = 1e-3
-
-
-def _rel_err(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)
-
-
-@pytest.fixture(scope='module')
-def random_params():
-  """Random VGG19 weights: enough for tests that do not need real features."""
-  return jax.tree.map(np.asarray, vgg.init_params(jax.random.key(0)))
 
 
 # --- Parity with the PyTorch twin, real weights ------------------------------
@@ -84,8 +72,8 @@ def test_terms_and_gradient_match_torch_twin(problem_64):
   np.testing.assert_allclose(float(terms['content'] + terms['style'] + terms['tv']),
                              float(total), rtol=1e-6)
   ref_grad = x.grad.numpy()[0].transpose(1, 2, 0)
-  print(f'gradient rel err {_rel_err(grad, ref_grad):.2e}')
-  assert _rel_err(grad, ref_grad) < GRAD_RTOL
+  print(f'gradient rel err {rel_err(grad, ref_grad):.2e}')
+  assert rel_err(grad, ref_grad) < GRAD_RTOL
 
 
 # --- Closed forms ------------------------------------------------------------
@@ -189,7 +177,7 @@ def test_normalize_gradients_keeps_values_changes_gradient(random_params):
   for k in t0:
     np.testing.assert_allclose(float(t1[k]), float(t0[k]), rtol=1e-6, err_msg=k)
   # The flag does change the gradient (otherwise the test above proves nothing).
-  assert _rel_err(g1, g0) > 1e-2
+  assert rel_err(g1, g0) > 1e-2
 
 
 # --- jit / vmap ---------------------------------------------------------------
@@ -219,7 +207,7 @@ def test_vmap_over_images_equals_per_image(random_params):
     np.testing.assert_allclose(float(totals[b]), float(t), rtol=1e-5)
     for k in tm:
       np.testing.assert_allclose(float(terms[k][b]), float(tm[k]), rtol=1e-5, err_msg=k)
-    assert _rel_err(grads[b], g) < 1e-4
+    assert rel_err(grads[b], g) < 1e-4
 
 
 def test_new_loss_weights_and_targets_do_not_retrace(random_params):

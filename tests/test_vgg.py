@@ -10,18 +10,14 @@ from nst_jax import vgg
 
 torch = pytest.importorskip('torch')
 from nst_jax import torch_twin  # noqa: E402  (needs torch)
+from conftest import rel_err  # noqa: E402
 
 RTOL = 1e-5  # relative to the largest magnitude of each tap
 
 
-def _rel_err(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)
-
-
-@pytest.fixture(scope='module')
-def params():
-  return jax.tree.map(np.asarray, vgg.init_params(jax.random.key(0)))
+@pytest.fixture
+def params(random_params):
+  return random_params
 
 
 @pytest.mark.parametrize('pooling', ['max', 'avg'])
@@ -36,7 +32,7 @@ def test_every_tap_matches_torch(params, pooling, size):
   for t in taps:
     r = ref[t].numpy().transpose(0, 2, 3, 1)
     assert ours[t].shape == r.shape, t
-    assert _rel_err(ours[t], r) < RTOL, t
+    assert rel_err(ours[t], r) < RTOL, t
 
 
 @pytest.mark.parametrize('pooling', ['max', 'avg'])
@@ -53,7 +49,7 @@ def test_input_gradient_matches_torch(params, pooling):
   xt = torch_twin.nhwc_to_nchw(x).requires_grad_(True)
   f = torch_twin.vgg_features(tp, xt, taps, pooling)
   sum(torch.mean(f[t] ** 2) * (i + 1) for i, t in enumerate(taps)).backward()
-  assert _rel_err(g, xt.grad.numpy().transpose(0, 2, 3, 1)) < 1e-4
+  assert rel_err(g, xt.grad.numpy().transpose(0, 2, 3, 1)) < 1e-4
 
 
 def test_returns_exactly_the_requested_taps_and_stops_early(params):
