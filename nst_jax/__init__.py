@@ -1,6 +1,7 @@
 """nst_jax: neural style transfer (Gatys, Ecker & Bethge) in JAX and Flax.
 
-The pieces, one module each: ``vgg`` (the network), ``weights`` (weight sets
+The pieces, one module each: ``vgg`` (the network as a pure function),
+``module`` (the same network as a Flax NNX module), ``weights`` (weight sets
 and porting), ``losses`` (the objective as pure functions), ``lbfgs`` (the
 optimizer), ``color`` (colour control), ``image_io`` (files), ``config`` (the
 settings), ``transfer`` (the run loop: ``stylize``) and ``matrix`` (many
@@ -36,7 +37,7 @@ _EXPORTS = {
     'NonFiniteError': ('transfer', 'NonFiniteError'),
     'StyleResult': ('transfer', 'StyleResult'),
     'stylize': ('transfer', 'stylize'),
-    'VGG19': ('vgg', 'VGG19'),
+    'VGG19': ('module', 'VGG19'),
     'features': ('vgg', 'features'),
     'WeightSet': ('weights', 'WeightSet'),
     'WeightsError': ('weights', 'WeightsError'),

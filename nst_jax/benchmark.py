@@ -60,7 +60,7 @@ def run_jax(args: dict) -> dict:
                        remat=args.get('remat', False), lbfgs_history=args['history'])
   spec = losses.LossSpec(compute_dtype=None if config.precision == 'float32' else config.precision,
                          remat=config.remat)
-  params = jax.tree.map(jnp.asarray, ws.params)
+  params = jax.device_put(ws.params)
   lw = losses.default_loss_weights(spec)
   targets = jax.jit(functools.partial(losses.make_targets, spec=spec))(
       params, jnp.asarray(content), [jnp.asarray(style)], jnp.ones((1,), jnp.float32))
@@ -180,7 +180,7 @@ def parity_check(content_path, style_path, size: int, init: np.ndarray) -> dict:
   from nst_jax import torch_twin as tt
   ws, content, style = load_problem(content_path, style_path, size)
   spec = losses.LossSpec()
-  params = jax.tree.map(jnp.asarray, ws.params)
+  params = jax.device_put(ws.params)
   with jax.default_matmul_precision('float32'):
     targets = losses.make_targets(params, jnp.asarray(content), [jnp.asarray(style)],
                                   [1.0], spec)
@@ -222,7 +222,7 @@ def run_jax_end_to_end(args: dict) -> dict:
   style = image_io.resize_longest(image_io.load_image(args['style']), size)
   config = StyleConfig(precision=args.get('precision', 'float32'))
   spec = losses.LossSpec(compute_dtype=None if config.precision == 'float32' else config.precision)
-  params = jax.tree.map(jnp.asarray, ws.params)
+  params = jax.device_put(ws.params)
   lw = losses.default_loss_weights(spec)
   targets = jax.jit(functools.partial(losses.make_targets, spec=spec))(
       params, jnp.asarray(prep.apply(content)), [jnp.asarray(prep.apply(style))],

@@ -99,6 +99,38 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(devices.reshape(-1), ('batch',))
 
 
+# On a CPU the cores are already busy with one image's convolutions, so a
+# batch gains nothing from parallelism and loses once its working set falls out
+# of the caches. Measured on 2 cores, 4x4 matrix at 256x192 (benchmarks/
+# RESULTS.md): batches of 16 ran at 0.81x the one-by-one speed, batches of 4 at
+# 1.04x. So a CPU batch holds about this many pixels per device.
+CPU_BATCH_PIXELS = 4 * 256 * 192
+
+
+def default_batch_size(h: int, w: int, config: StyleConfig, num_devices: int,
+                       platform: str | None = None, budget: int | None = None) -> int:
+  """How many problems of shape ``h`` x ``w`` one compiled batch holds.
+
+  The batch is limited by memory (``nst_jax.memory``'s per-problem estimate
+  against ``budget``, default the available memory, with a 20% margin) and,
+  on CPU, to about ``CPU_BATCH_PIXELS`` in all (CPU devices share the host's
+  cores). It is a multiple of ``num_devices`` so that the batch splits evenly.
+  """
+  from nst_jax import memory
+  platform = platform or jax.devices()[0].platform
+  per_problem = max(1, memory.estimate_peak_bytes(h, w, config) - memory.OVERHEAD_BYTES)
+  budget = memory.available_bytes() if budget is None else budget
+  per_device = 1 << 30
+  if budget is not None:
+    usable = 0.8 * budget - memory.OVERHEAD_BYTES
+    # Accelerators report one device's memory; a CPU's devices share the host's.
+    share = usable if platform != 'cpu' else usable / num_devices
+    per_device = max(1, int(share // per_problem))
+  if platform == 'cpu':  # CPU devices share the host's cores: cap the total.
+    per_device = min(per_device, max(1, CPU_BATCH_PIXELS // (h * w) // num_devices))
+  return per_device * num_devices
+
+
 @functools.lru_cache(maxsize=8)
 def _batched_chunk(spec, config_key, needs_value):
   optimizer = st.make_optimizer(StyleConfig(**dict(config_key)))
@@ -122,7 +154,9 @@ def stylize_many(contents: Sequence, styles: Sequence[StyleSpec | str], config: 
     devices: devices to shard the batch over (default all).
     on_cell: called with each CellResult as soon as its group finishes.
     callback: progress after each chunk.
-    max_batch: most problems per compiled batch (default: the whole group).
+    max_batch: most problems per compiled batch (default:
+      ``default_batch_size``: what fits in memory, and on CPU about one
+      512x384 image's worth of pixels).
   Returns:
     N*M CellResults, row-major (content-major). A cell whose inputs failed to
     load has ``image=None`` and ``error`` set; the other cells still run.
@@ -194,7 +228,7 @@ def stylize_many(contents: Sequence, styles: Sequence[StyleSpec | str], config: 
   t_start = time.perf_counter()
   work_done = 0
   for (h, w), group in problems.items():
-    cap = max_batch or len(group)
+    cap = max_batch or default_batch_size(h, w, config, ndev, mesh.devices.flat[0].platform)
     for start in range(0, len(group), cap):
       batch = group[start:start + cap]
       b = len(batch)

@@ -15,7 +15,7 @@ import os
 from nst_jax import layers as vgg  # names only: no JAX import
 
 _ACTIVATION_FACTOR = 1.5        # measured 1.2 (saved forward values + backward temporaries)
-_OVERHEAD_BYTES = 800 * 2**20   # measured ~770 MB: XLA runtime, weights, programs
+OVERHEAD_BYTES = 800 * 2**20   # measured ~770 MB: XLA runtime, weights, programs
 
 
 def activation_bytes(h: int, w: int, layers) -> int:
@@ -43,7 +43,7 @@ def estimate_peak_bytes(h: int, w: int, config, style_shapes=()) -> int:
     opt = 4 * n * 4
   styles = max((activation_bytes(sh, sw, layers) for sh, sw in style_shapes), default=0)
   factor = _ACTIVATION_FACTOR * (0.6 if config.remat else 1.0)
-  return int(factor * act + opt + max(styles - act, 0) + _OVERHEAD_BYTES)
+  return int(factor * act + opt + max(styles - act, 0) + OVERHEAD_BYTES)
 
 
 def available_bytes() -> int | None:

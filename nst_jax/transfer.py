@@ -184,7 +184,7 @@ def objective(config: StyleConfig, ws: weights_lib.WeightSet):
   loss_weights = losses.default_loss_weights(
       spec, config.content_weight, config.style_weight, config.tv_weight,
       config.style_layer_weights)
-  return jax.tree.map(jnp.asarray, ws.params), spec, loss_weights
+  return jax.device_put(ws.params), spec, loss_weights
 
 
 @functools.lru_cache(maxsize=16)

@@ -4,8 +4,10 @@ The network is a pure function of a plain parameter pytree,
 ``{'conv1_1': {'kernel': [3, 3, Cin, Cout], 'bias': [Cout]}, ...}``, so it can
 be called inside ``jax.jit``, ``jax.grad`` and ``jax.vmap`` with the weights
 passed in as an argument rather than folded into the program as constants.
-``VGG19`` is a thin Flax NNX module around the same function for users who
-prefer the module style.
+``VGG19`` (``nst_jax.module``, also reachable as ``vgg.VGG19``) is a thin
+Flax NNX module around the same function for users who prefer the module
+style; it is kept out of this module so that the functional path does not
+import Flax.
 
 Images are NHWC and already preprocessed for the weight set (see
 ``nst_jax.weights.Preprocessing``): the network applies no normalisation.
@@ -18,7 +20,6 @@ from collections.abc import Iterable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from nst_jax.layers import BLOCKS as _BLOCKS
 from nst_jax.layers import CONV_NAMES
@@ -219,39 +220,10 @@ def init_params(key: jax.Array, dtype=jnp.float32) -> dict[str, dict[str, jax.Ar
   return params
 
 
-class Conv3x3(nnx.Module):
-  """One VGG convolution: an HWIO kernel and a bias."""
-
-  def __init__(self, kernel: jax.Array, bias: jax.Array):
-    self.kernel = nnx.Param(jnp.asarray(kernel))
-    self.bias = nnx.Param(jnp.asarray(bias))
-
-
-class VGG19(nnx.Module):
-  """VGG19 as a Flax NNX module; ``model(images, taps)`` returns a tap dict.
-
-  The module only stores the parameters; the computation is ``features``. Use
-  ``nnx.split(model)`` to get ``(graphdef, state)`` when a pure pytree is
-  wanted, or simply ``model.params()``.
-  """
-
-  def __init__(self, params: Params | None = None, *, pooling: str = 'max',
-               rngs: nnx.Rngs | None = None):
-    if pooling not in POOLINGS:
-      raise ValueError(f'unknown pooling {pooling!r}; use one of {POOLINGS}')
-    if params is None:
-      key = (rngs or nnx.Rngs(0)).params()
-      params = init_params(key)
-    self.pooling = pooling
-    for name in CONV_NAMES:
-      setattr(self, name, Conv3x3(params[name]['kernel'], params[name]['bias']))
-
-  def params(self) -> dict[str, dict[str, jax.Array]]:
-    """The parameters as a plain nested dict of arrays."""
-    return {name: {'kernel': getattr(self, name).kernel[...],
-                   'bias': getattr(self, name).bias[...]}
-            for name in CONV_NAMES}
-
-  def __call__(self, images: jax.Array, taps: Sequence[str] = ('relu4_2',),
-               **kwargs) -> dict[str, jax.Array]:
-    return features(self.params(), images, taps, pooling=self.pooling, **kwargs)
+def __getattr__(name):
+  # The Flax NNX module lives in nst_jax.module so that the functional path
+  # (and the CLI's start-up) does not pay for importing Flax.
+  if name in ('VGG19', 'Conv3x3'):
+    from nst_jax import module
+    return getattr(module, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

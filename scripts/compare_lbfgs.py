@@ -97,7 +97,7 @@ def main(argv):
 
   # JAX side.
   spec = losses.LossSpec()
-  params = jax.tree.map(jnp.asarray, ws.params)
+  params = jax.device_put(ws.params)
   loss_weights = losses.default_loss_weights(spec)
   targets = jax.jit(functools.partial(losses.make_targets, spec=spec))(
       params, jnp.asarray(content), [jnp.asarray(style)], jnp.ones(1))

@@ -26,7 +26,8 @@ flags.DEFINE_list('content_images', None, 'Content image files (rows).')
 flags.DEFINE_list('styles', None, 'Style specs (columns): a.jpg or a.jpg@2+b.jpg@1.')
 flags.DEFINE_string('output_dir', 'matrix_out', 'Folder for the cells and grid.png.')
 flags.DEFINE_integer('grid_cell', 192, 'Size of one grid cell, px.')
-flags.DEFINE_integer('max_batch', 0, 'Most problems per compiled batch (0: whole group).')
+flags.DEFINE_integer('max_batch', 0, 'Most problems per compiled batch (0: what fits in '
+                     'memory; on CPU about one 512x384 image of pixels).')
 
 
 def main(argv):

@@ -16,6 +16,7 @@ default ~/.cache/nst_jax) instead.
 $NST_JAX_MAX_IMAGE_PIXELS overrides Pillow's decompression-bomb limit.
 """
 
+import concurrent.futures
 import logging
 import os
 import signal
@@ -115,10 +116,14 @@ def _inputs():
 
 
 def _run() -> int:
-  from nst_jax import transfer as st
-
   config, content, styles, content_rgb, style_rgbs, output, checkpoint, resume = _inputs()
-  ws = cli_support.load_weights(config.weights)
+  # Read (and checksum) the weights while JAX is imported: both take a few
+  # tenths of a second, and file reads and hashing release the GIL.
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    pending = pool.submit(cli_support.load_weights, config.weights)
+    cli_support.enable_compilation_cache()
+    from nst_jax import transfer as st
+    ws = pending.result()
 
   stop = threading.Event()
 
@@ -192,7 +197,6 @@ def main(argv):
   cli_support.show_warnings_on_one_line()
   if len(argv) > 1:
     return cli_support.fail(f'unexpected arguments {argv[1:]}; all options are --flags')
-  cli_support.enable_compilation_cache()
   try:
     return _run()
   except cli_support.USER_ERRORS as e:

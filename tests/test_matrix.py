@@ -89,3 +89,27 @@ def test_grid_image_layout():
   assert grid.shape == (3 * 64, 4 * 64, 3)
   # The centre of cell (row 2, column 3) is the cell's image value.
   np.testing.assert_allclose(grid[2 * 64 + 32, 3 * 64 + 32], 0.25, atol=1 / 255)
+
+
+def test_default_batch_size_caps_cpu_pixels_and_memory():
+  from nst_jax import matrix
+  from nst_jax import memory
+  from nst_jax.config import StyleConfig
+  cfg = StyleConfig()
+  big = 1 << 40
+  # CPU: about CPU_BATCH_PIXELS in all, whatever the number of (fake) devices.
+  assert matrix.default_batch_size(192, 256, cfg, 1, 'cpu', budget=big) == 4
+  assert matrix.default_batch_size(192, 256, cfg, 4, 'cpu', budget=big) == 4
+  assert matrix.default_batch_size(48, 64, cfg, 1, 'cpu', budget=big) == 64
+  # At least one problem per device, and always a multiple of the device count.
+  assert matrix.default_batch_size(384, 512, cfg, 1, 'cpu', budget=big) == 1
+  assert matrix.default_batch_size(768, 1024, cfg, 4, 'cpu', budget=big) == 4
+  # Accelerators: memory is the only limit, per device.
+  per_problem = memory.estimate_peak_bytes(384, 512, cfg) - memory.OVERHEAD_BYTES
+  budget = int((10 * per_problem + memory.OVERHEAD_BYTES) / 0.8) + 1
+  assert matrix.default_batch_size(384, 512, cfg, 1, 'gpu', budget=budget) == 10
+  assert matrix.default_batch_size(384, 512, cfg, 8, 'gpu', budget=budget) == 80
+  # A CPU host's memory is shared by its devices.
+  assert matrix.default_batch_size(48, 64, cfg, 2, 'cpu', budget=budget) == 64
+  small = int((3 * memory.estimate_peak_bytes(48, 64, cfg) - 2 * memory.OVERHEAD_BYTES) / 0.8)
+  assert matrix.default_batch_size(48, 64, cfg, 1, 'cpu', budget=small) == 3
