@@ -133,6 +133,8 @@ def make_chunk_fn(spec: losses.LossSpec, optimizer: optax.GradientTransformation
 
   def chunk(x, opt_state, params, targets, loss_weights, n):
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+    # Flip the kernels for the backward convolutions once, not every iteration.
+    params = vgg.with_backward_kernels(params)
 
     def cond(c):
       k, bad = c[0], c[5]

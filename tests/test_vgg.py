@@ -36,20 +36,33 @@ def test_every_tap_matches_torch(params, pooling, size):
 
 
 @pytest.mark.parametrize('pooling', ['max', 'avg'])
-def test_input_gradient_matches_torch(params, pooling):
+@pytest.mark.parametrize('precomputed', [False, True])
+def test_input_gradient_matches_torch(params, pooling, precomputed):
   x = np.random.default_rng(2).normal(size=(2, 35, 40, 3)).astype(np.float32) * 50
   taps = ('relu1_1', 'relu2_1', 'relu3_1', 'relu4_2', 'relu5_1', 'pool5')
+  torch_params = params
+  if precomputed:  # The backward kernels flipped once, as the run loop does.
+    params = vgg.with_backward_kernels(params)
 
   def scalar(p, x):
     f = vgg.features(p, x, taps, pooling=pooling)
     return sum(jnp.mean(f[t] ** 2) * (i + 1) for i, t in enumerate(taps))
 
   g = jax.jit(jax.grad(scalar, argnums=1))(params, x)
-  tp = torch_twin.params_to_torch(params)
+  tp = torch_twin.params_to_torch(torch_params)
   xt = torch_twin.nhwc_to_nchw(x).requires_grad_(True)
   f = torch_twin.vgg_features(tp, xt, taps, pooling)
   sum(torch.mean(f[t] ** 2) * (i + 1) for i, t in enumerate(taps)).backward()
   assert rel_err(g, xt.grad.numpy().transpose(0, 2, 3, 1)) < 1e-4
+
+
+def test_backward_kernel_is_the_flipped_transpose(params):
+  k = np.asarray(params['conv2_1']['kernel'])  # [3, 3, 64, 128]
+  kt = np.asarray(vgg.with_backward_kernels(params)['conv2_1']['kernel_t'])
+  assert kt.shape == (3, 3, 128, 64)
+  for i in range(3):
+    for j in range(3):
+      np.testing.assert_array_equal(kt[i, j], k[2 - i, 2 - j].T)
 
 
 def test_returns_exactly_the_requested_taps_and_stops_early(params):
