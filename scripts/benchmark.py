@@ -44,6 +44,8 @@ flags.DEFINE_bool('conv_floor', True, 'Also time the convolutions of one iterati
 flags.DEFINE_bool('startup', False, 'Time the CLI cold (empty cache) and warm (5 runs) at 512 px.')
 flags.DEFINE_bool('matrix', False, 'Throughput of a 4x4 matrix at 256 px, batched vs one-by-one.')
 flags.DEFINE_integer('matrix_iterations', 20, 'Iterations per problem in --matrix.')
+flags.DEFINE_integer('matrix_repeats', 3, 'Alternating batched/one-by-one runs in --matrix '
+                     '(medians reported).')
 flags.DEFINE_integer('end_to_end', 0, 'Also time this many L-BFGS iterations at 512x512 '
                      'end to end (compile excluded), e.g. 500 on a GPU.')
 flags.DEFINE_string('output_json', 'benchmarks/last_run.json', 'Where to write the JSON.')
@@ -133,18 +135,23 @@ contents = [base_c, base_c[:, ::-1], base_c[..., ::-1], base_c[:, ::-1, ::-1]]
 styles = [base_s, base_s[::-1], base_s[..., [1, 2, 0]], base_s[::-1, ::-1]]
 cfg = StyleConfig(image_size=256, num_iterations={FLAGS.matrix_iterations}, print_iter=0,
                   save_iter=0)
-# Warm-up (compile) both paths on one problem each.
-matrix.stylize_many(contents[:1], [matrix.StyleSpec((styles[0],))], cfg, weights=ws)
+# Warm-up (compile) both paths at the shapes timed below: one content with all
+# four styles is one batch of the size the full matrix uses.
+matrix.stylize_many(contents[:1], [matrix.StyleSpec((s,)) for s in styles], cfg, weights=ws)
 st.stylize(contents[0], [styles[0]], cfg, weights=ws)
-t0 = time.perf_counter()
-matrix.stylize_many(contents, [matrix.StyleSpec((s,)) for s in styles], cfg, weights=ws)
-batched = time.perf_counter() - t0
-t0 = time.perf_counter()
-for c in contents:
-  for s in styles:
-    st.stylize(c, [s], cfg, weights=ws)
-single = time.perf_counter() - t0
+batched_runs, single_runs = [], []
+for _ in range({FLAGS.matrix_repeats}):  # Alternate the two, report medians.
+  t0 = time.perf_counter()
+  matrix.stylize_many(contents, [matrix.StyleSpec((s,)) for s in styles], cfg, weights=ws)
+  batched_runs.append(time.perf_counter() - t0)
+  t0 = time.perf_counter()
+  for c in contents:
+    for s in styles:
+      st.stylize(c, [s], cfg, weights=ws)
+  single_runs.append(time.perf_counter() - t0)
+batched, single = float(np.median(batched_runs)), float(np.median(single_runs))
 print("BENCH_JSON " + json.dumps({{"batched_s": batched, "one_by_one_s": single,
+      "batched_runs_s": batched_runs, "one_by_one_runs_s": single_runs,
       "devices": len(jax.devices()), "device": str(jax.devices()[0].platform)}}))
 '''
   proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
@@ -238,7 +245,9 @@ def _markdown(report):
            f'{first[1].get("threads") if len(first) > 1 else "?"}. Images: '
            f'{Path(report["content"]).name} + {Path(report["style"]).name}.', '',
            '| size | optimizer | side | ms/iter | compile s | peak MB | MB/MPix | objective after N it | PyTorch/nst_jax |',
-           '|---|---|---|---|---|---|---|---|---|']
+           '|---|---|---|---|---|---|---|---|---|'] if report['results'] else [
+               f'### {report["date"]} — {report["cpu"]}, {report["cores"]} cores'
+               f'{" — " + report["note"] if report["note"] else ""}']
   for e in report['results']:
     mpix = e['shape'][0] * e['shape'][1] / 1e6
     for r in e['rows']:
@@ -276,7 +285,10 @@ def _markdown(report):
   if 'matrix' in report:
     m = report['matrix']
     lines.append('')
+    ratios = sorted(o / b for b, o in zip(m['batched_runs_s'], m['one_by_one_runs_s']))
     lines.append(f'4x4 matrix at 256 px, {FLAGS.matrix_iterations} iterations each, '
+                 f'median of {len(ratios)} alternating runs (per-run ratios '
+                 f'{", ".join(f"{r:.2f}" for r in ratios)}), '
                  f'{m["devices"]} {m["device"]} device(s): batched {m["batched_images_per_min"]:.1f} '
                  f'images/min vs one-by-one {m["one_by_one_images_per_min"]:.1f} '
                  f'({m["speedup"]:.2f}x).')
