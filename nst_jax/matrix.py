@@ -103,7 +103,8 @@ def make_mesh(devices=None) -> Mesh:
 # batch gains nothing from parallelism and loses once its working set falls out
 # of the caches. Measured on 2 cores, 4x4 matrix at 256x192 (benchmarks/
 # RESULTS.md): batches of 16 ran at 0.81x the one-by-one speed, batches of 4 at
-# 1.04x. So a CPU batch holds about this many pixels per device.
+# 0.96-1.04x. So a CPU batch holds about this many pixels in all (four 256 px
+# problems, one 512x384 image), however many CPU devices share the cores.
 CPU_BATCH_PIXELS = 4 * 256 * 192
 
 
