@@ -149,18 +149,23 @@ class StyleConfig:
         raise ConfigError(f'--{name} must be >= 0 (0 disables it)')
     if self.chunk_size < 1:
       raise ConfigError('--chunk_size must be >= 1')
-    # Counters live in int32 on the device, weights in float32.
+    # Numbers that parse but overflow the device: counters and sizes live in
+    # int32, weights in float32. The one range check (the CLI relies on it).
     for name in ('image_size', 'lbfgs_history', 'print_iter', 'save_iter', 'chunk_size'):
       if getattr(self, name) > _INT32_MAX:
-        raise ConfigError(f'--{name} must be at most {_INT32_MAX}')
-    if any(v > _INT32_MAX for v in self.num_iterations + (self.scales or ())):
-      raise ConfigError(f'--num_iterations and --scales must be at most {_INT32_MAX}')
+        raise ConfigError(f'--{name} must be at most {_INT32_MAX}, got {getattr(self, name)}')
+    for name in ('num_iterations', 'scales'):
+      if any(v > _INT32_MAX for v in getattr(self, name) or ()):
+        raise ConfigError(f'--{name} values must be at most {_INT32_MAX}')
     if not -2**63 <= self.seed < 2**63:
       raise ConfigError(f'--seed must fit in 64 bits, got {self.seed}')
-    for name in ('style_scale', 'content_weight', 'style_weight', 'tv_weight', 'learning_rate'):
-      v = getattr(self, name)
-      if v is not None and abs(v) > _FLOAT32_MAX:
-        raise ConfigError(f'--{name} must be at most {_FLOAT32_MAX:.3g} (float32), got {v!r}')
+    for name in ('style_scale', 'content_weight', 'style_weight', 'tv_weight', 'learning_rate',
+                 'style_blend_weights', 'style_layer_weights'):
+      value = getattr(self, name)
+      values = value if isinstance(value, tuple) else (value,)
+      if any(v is not None and abs(v) > _FLOAT32_MAX for v in values):
+        raise ConfigError(f'--{name} must be at most {_FLOAT32_MAX:.3g} (the float32 range), '
+                          f'got {value!r}')
 
   @property
   def sizes(self) -> tuple[int, ...]:

@@ -260,6 +260,9 @@ BAD_INPUTS = [
     Bad('seed_over_64_bits', {'seed': str(10**20)}, ('--seed', '64 bits')),
     Bad('content_weight_over_float32', {'content_weight': '1e39'},
         ('--content_weight', 'float32')),
+    Bad('blend_weight_over_float32', {'style_image': '{style},{style2}',
+                                      'style_blend_weights': '1,1e39'},
+        ('--style_blend_weights', 'float32')),
     Bad('chunk_size_zero', {'chunk_size': '0'}, ('--chunk_size', '>= 1')),
     Bad('print_iter_negative', {'print_iter': '-1'}, ('--print_iter', '>= 0')),
     # Optimizer.
