@@ -176,8 +176,7 @@ def run_conv_floor(args: dict) -> dict:
   from nst_jax import vgg
   ws, content, _ = load_problem(args['content'], args['style'], args['size'])
   params = jax.device_put(ws.params)
-  names = [n for n in vgg.LAYER_NAMES[:vgg.LAYER_NAMES.index('conv5_1') + 1]
-           if n.startswith('conv')]
+  names = vgg.CONV_NAMES[:vgg.CONV_NAMES.index('conv5_1') + 1]
   pooled = {n for n in names if n.endswith('_1') and n != 'conv1_1'}
 
   def forward(x, p):
@@ -192,8 +191,7 @@ def run_conv_floor(args: dict) -> dict:
   def forward_backward(x, p):
     g, shapes = forward(x, p)
     for name in reversed(names):
-      k = p[name]['kernel']
-      g = vgg._conv(g, jnp.transpose(k[::-1, ::-1], (0, 1, 3, 2)))
+      g = vgg._conv(g, vgg.backward_kernel(p[name]['kernel']))
       if name in pooled:
         g = jnp.zeros(shapes.pop(), g.dtype).at[:, ::2, ::2].set(g)
     return g

@@ -116,6 +116,7 @@ def _startup(content, style, warm_runs=5):
       out[label] = {'seconds_to_first_progress_line': t1, 'iteration_s': t2 - t1,
                     'seconds_before_first_iteration': 2 * t1 - t2, 'exit': proc.returncode}
   warm = sorted(out[f'warm{k}']['seconds_before_first_iteration'] for k in range(warm_runs))
+  out['warm_runs'] = warm_runs
   out['warm_median_before_first_iteration'] = warm[len(warm) // 2]
   out['warm_range'] = [warm[0], warm[-1]]
   return out
@@ -238,16 +239,15 @@ def main(argv):
 def _markdown(report):
   first = report['results'][0]['rows'] if report['results'] else [{}]
   lines = [f'### {report["date"]} — {report["cpu"]}, {report["cores"]} cores'
-           f'{" — " + report["note"] if report["note"] else ""}', '',
-           f'Device: {first[0].get("device", "?")}; versions: '
-           f'{json.dumps({k: v for r in first for k, v in r.get("versions", {}).items()})}; '
-           f'threads: jax {first[0].get("threads")}, torch '
-           f'{first[1].get("threads") if len(first) > 1 else "?"}. Images: '
-           f'{Path(report["content"]).name} + {Path(report["style"]).name}.', '',
-           '| size | optimizer | side | ms/iter | compile s | peak MB | MB/MPix | objective after N it | PyTorch/nst_jax |',
-           '|---|---|---|---|---|---|---|---|---|'] if report['results'] else [
-               f'### {report["date"]} — {report["cpu"]}, {report["cores"]} cores'
-               f'{" — " + report["note"] if report["note"] else ""}']
+           f'{" — " + report["note"] if report["note"] else ""}']
+  if report['results']:
+    lines += ['', f'Device: {first[0].get("device", "?")}; versions: '
+              f'{json.dumps({k: v for r in first for k, v in r.get("versions", {}).items()})}; '
+              f'threads: jax {first[0].get("threads")}, torch '
+              f'{first[1].get("threads") if len(first) > 1 else "?"}. Images: '
+              f'{Path(report["content"]).name} + {Path(report["style"]).name}.', '',
+              '| size | optimizer | side | ms/iter | compile s | peak MB | MB/MPix | objective after N it | PyTorch/nst_jax |',
+              '|---|---|---|---|---|---|---|---|---|']
   for e in report['results']:
     mpix = e['shape'][0] * e['shape'][1] / 1e6
     for r in e['rows']:
@@ -281,7 +281,7 @@ def _markdown(report):
                  f'of the first iteration: cold {s["cold"]["seconds_before_first_iteration"]:.2f}, '
                  f'warm median {s["warm_median_before_first_iteration"]:.2f} (range '
                  f'{s["warm_range"][0]:.2f}-{s["warm_range"][1]:.2f} over '
-                 f'{len(s) - 3} runs); one iteration {s["warm0"]["iteration_s"]:.2f} s.')
+                 f'{s["warm_runs"]} runs); one iteration {s["warm0"]["iteration_s"]:.2f} s.')
   if 'matrix' in report:
     m = report['matrix']
     lines.append('')
