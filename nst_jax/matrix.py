@@ -228,6 +228,9 @@ def stylize_many(contents: Sequence, styles: Sequence[StyleSpec | str], config: 
   n_iters = config.iterations(0)
   t_start = time.perf_counter()
   work_done = 0
+  # Decoded once for the whole matrix, not once per batch.
+  init_rgb = (st._as_rgb(config.init_image, 'init image')
+              if config.init_image and problems else None)
   for (h, w), group in problems.items():
     cap = max_batch or default_batch_size(h, w, config, ndev, mesh.devices.flat[0].platform)
     for start in range(0, len(group), cap):
@@ -239,7 +242,6 @@ def stylize_many(contents: Sequence, styles: Sequence[StyleSpec | str], config: 
       targets = jax.tree.map(lambda *t: jnp.stack(t), *[t for _, _, t in members])
       targets = jax.device_put(targets, batch_sharding)
       if config.init == 'image' or config.init_image:
-        init_rgb = st._as_rgb(config.init_image, 'init image') if config.init_image else None
         x0 = []
         for i, _, _ in members:
           content_full = image_io.resize_longest(content_rgbs[i], size)
