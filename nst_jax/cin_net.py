@@ -221,6 +221,8 @@ def init_params(key: jax.Array, num_styles: int, width: int = 32,
                 dtype=jnp.float32) -> dict[str, jax.Array]:
   """Fresh parameters for training: He-normal kernels, gamma 1, beta 0.
 
+  Draws on the host (call it outside ``jax.jit``); deterministic in ``key``.
+
   Args:
     key: a JAX PRNG key.
     num_styles: N, the number of styles (rows of every gamma and beta).
@@ -232,12 +234,20 @@ def init_params(key: jax.Array, num_styles: int, width: int = 32,
   if num_styles < 1:
     raise ValueError(f'num_styles must be at least 1, got {num_styles}')
   specs = layer_specs(width)
+  # One draw for all kernels, sliced on the host: drawing 15 arrays eagerly
+  # compiles 15 programs (seconds on CPU), and a jitted draw of all of them
+  # compiles slower still.
+  sizes = [k * k * cin * cout for _, k, cin, cout, _ in specs]
+  noise = np.asarray(jax.random.normal(key, (sum(sizes),), jnp.float32))
   params = {}
-  for (name, k, cin, cout, _), kk in zip(specs, jax.random.split(key, len(specs))):
+  start = 0
+  for (name, k, cin, cout, _), size in zip(specs, sizes):
     std = np.sqrt(2.0 / (k * k * cin))
-    params[f'{name}.kernel'] = (jax.random.normal(kk, (k, k, cin, cout)) * std).astype(dtype)
-    params[f'{name}.gamma'] = jnp.ones((num_styles, cout), dtype)
-    params[f'{name}.beta'] = jnp.zeros((num_styles, cout), dtype)
+    kernel = noise[start:start + size].reshape(k, k, cin, cout) * std
+    start += size
+    params[f'{name}.kernel'] = jnp.asarray(kernel, dtype)
+    params[f'{name}.gamma'] = jnp.asarray(np.ones((num_styles, cout)), dtype)
+    params[f'{name}.beta'] = jnp.asarray(np.zeros((num_styles, cout)), dtype)
   return params
 
 
