@@ -42,6 +42,12 @@ _EXPORTS = {
     'WeightSet': ('weights', 'WeightSet'),
     'WeightsError': ('weights', 'WeightsError'),
     'load_weights': ('weights', 'load'),
+    'ArbitraryTransformer': ('realtime_module', 'ArbitraryTransformer'),
+    'CINNet': ('realtime_module', 'CINNet'),
+    'StylePredictor': ('realtime_module', 'StylePredictor'),
+    'predict_style': ('arbitrary', 'predict_style'),
+    'load_arbitrary': ('realtime_weights', 'load_arbitrary'),
+    'load_multistyle26': ('realtime_weights', 'load_multistyle26'),
 }
 
 __all__ = sorted(_EXPORTS)
