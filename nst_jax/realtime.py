@@ -169,8 +169,9 @@ def builtin_style_weights(style, num_styles: int = 26) -> np.ndarray:
     raise RealtimeError('style: the blend is empty; give at least one style index')
   weights = np.zeros(num_styles, np.float64)
   for i, w in pairs:
-    if isinstance(w, bool) or not isinstance(w, numbers.Real):
-      raise RealtimeError(f'style: the weight of style {i} must be a number, got {w!r}')
+    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not 0 <= w < float('inf'):
+      raise RealtimeError(f'style: the weight of style {i} must be a finite number >= 0, '
+                          f'got {w!r}')
     weights[index(i)] += float(w)
   return _normalised(weights, 'style')
 

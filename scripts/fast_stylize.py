@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -88,8 +89,9 @@ def _help_text() -> str:
     lines += ['', f'  {title}:']
     for name in names:
       flag = FLAGS[name]
-      default = '' if flag.default in (None, False, []) else f' (default: {flag.default_as_str})'
-      lines.append(f'    --{name}: {flag.help}{default}')
+      default = '' if flag.default in (None, False, []) else f' (default: {flag.value!s})'
+      lines.append(textwrap.fill(f'--{name}: {flag.help}{default}', width=100,
+                                 initial_indent='    ', subsequent_indent='        '))
   lines += ['', 'Also --verbosity=1 for debug logs, --helpfull for every absl flag.']
   return '\n'.join(lines)
 
@@ -305,7 +307,10 @@ def _load_net():
     try:
       params, _ = cin_net.load(FLAGS.net)
     except weights_lib.WeightsError as e:
-      raise weights_lib.WeightsError(f'--net {FLAGS.net!r}: {e}') from None
+      # The loader's advice is for the ported weights; a --net file is the user's own.
+      detail = str(e).split('; delete it', 1)[0]
+      raise weights_lib.WeightsError(f'--net {FLAGS.net!r}: {detail}; pass a .safetensors '
+                                     'file written by the training script') from None
     return params
   return realtime_weights.load_multistyle26()[0]
 
