@@ -1,16 +1,83 @@
-"""The one convolution of the real-time networks: reflect pad, then VALID conv.
+"""The convolutions of the real-time networks, fast on XLA's CPU backend.
 
 Every convolution of the conditional-instance-norm network (``cin_net``) and
-of the arbitrary-style transformer (``arbitrary``) goes through ``conv``, so
-that a faster formulation for XLA on CPU (the networks have 3-32 channels, where
-XLA's generic convolution is slow; see ``../shared/notes/xla-cpu-small-convs.md``)
-can be swapped in at one place.
+of the arbitrary-style transformer (``arbitrary``) goes through ``conv`` (a
+reflect pad of k // 2, then a VALID convolution) or ``upsample_conv`` (the
+same after a nearest 2x upsampling). The networks have 3-32 channels, where
+XLA's CPU convolution is fast on small images (about 150 GFLOP/s at 128x128)
+but four to ten times slower on large ones (measurements in
+``../shared/notes/xla-cpu-small-convs.md`` and ``benchmarks/realtime.py``).
+On CPU, therefore, the same arithmetic is rearranged, exactly:
+
+* **Row strips.** The output is computed a strip of rows at a time, one strip
+  after another (``lax.map``), each from its rows of the input plus a halo of
+  k - 1 rows. Strips of ~8k output pixels keep XLA on its fast path, and they
+  bound the temporary memory of a large photograph.
+* **Space-to-depth.** A 9x9 convolution with 3-8 input channels is a 5x5
+  convolution with 4x the channels on the 2x2-blocked image (output phase r
+  and input phase s pick kernel tap 2 * dq + s - r; taps off the kernel are
+  zero), followed by depth-to-space.
+* **Sub-pixel upsampling.** Nearest 2x upsampling then a reflect-padded 3x3
+  convolution equals a 3x3 convolution on the edge-padded low-resolution
+  image with 4x the output channels (one set per output phase), followed by
+  depth-to-space: a quarter of the pixels, none of them duplicated.
+
+Every rewrite equals ``lax.conv_general_dilated`` on the padded input up to
+float32 rounding (``tests/test_small_conv.py``). On GPU and TPU XLA's own
+convolution is good at these shapes, so there the plain formulation is used.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+_DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
+
+# Output pixels per strip: below ~10k XLA's CPU convolution stays fast for
+# 8-128 channels (measured 2-4x faster than one call on 256^2 and larger).
+STRIP_PIXELS = 8192
+
+
+# Trace-time choices, changed only through ``settings`` (tests and benchmarks).
+_SETTINGS = {'fast': None, 'strip_pixels': STRIP_PIXELS}
+
+
+@contextlib.contextmanager
+def settings(*, fast: bool | None = None,
+             strip_pixels: int | None = None) -> Iterator[None]:
+  """Overrides the plan while functions are traced inside the ``with`` block.
+
+  Like ``jax.default_matmul_precision``, this acts when a function is traced:
+  a function jitted earlier keeps the plan it was traced with.
+
+  Args:
+    fast: True or False forces the rewrites on or off (default: on for CPU).
+    strip_pixels: output pixels per strip (default ``STRIP_PIXELS``); small
+      values exercise the strips on small images.
+  """
+  if strip_pixels is not None and strip_pixels < 1:
+    raise ValueError(f'strip_pixels must be positive, got {strip_pixels}')
+  saved = dict(_SETTINGS)
+  if fast is not None:
+    _SETTINGS['fast'] = fast
+  if strip_pixels is not None:
+    _SETTINGS['strip_pixels'] = strip_pixels
+  try:
+    yield
+  finally:
+    _SETTINGS.update(saved)
+
+
+def use_fast_path() -> bool:
+  """True where the rewrites pay: XLA's CPU backend. GPU and TPU use the plain conv."""
+  if _SETTINGS['fast'] is not None:
+    return _SETTINGS['fast']
+  return jax.default_backend() == 'cpu'
 
 
 def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
@@ -18,6 +85,20 @@ def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
   if pad == 0:
     return x
   return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode='reflect')
+
+
+def upsample2x(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour 2x upsampling of [B, H, W, C] to [B, 2H, 2W, C]."""
+  b, h, w, c = x.shape
+  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+  return x.reshape(b, 2 * h, 2 * w, c)
+
+
+def valid_conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+  """The plain VALID convolution of [B, H, W, Cin] with an HWIO kernel."""
+  return jax.lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), window_strides=(stride, stride), padding='VALID',
+      dimension_numbers=_DIMENSIONS)
 
 
 def conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
@@ -35,6 +116,234 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     [B, (H - 1) // stride + 1, (W - 1) // stride + 1, Cout] in the dtype of ``x``.
   """
   k = kernel.shape[0]
-  return jax.lax.conv_general_dilated(
-      reflect_pad(x, k // 2), kernel.astype(x.dtype), window_strides=(stride, stride),
-      padding='VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  kernel = kernel.astype(x.dtype)
+  padded = reflect_pad(x, k // 2)
+  if not use_fast_path():
+    return valid_conv(padded, kernel, stride)
+  return padded_conv(padded, kernel, stride)
+
+
+def upsample_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """``conv(upsample2x(x), kernel)``, computed on the low-resolution grid on CPU.
+
+  Args:
+    x: [B, H, W, Cin], H and W >= 1.
+    kernel: [3, 3, Cin, Cout] (HWIO); other sizes take the plain route.
+  Returns:
+    [B, 2H, 2W, Cout] in the dtype of ``x``.
+  """
+  kernel = kernel.astype(x.dtype)
+  if not use_fast_path() or kernel.shape[0] != 3 or min(x.shape[1:3]) < 2:
+    return conv(upsample2x(x), kernel)
+  # Reflect-padding the upsampled image by 1 repeats its edge rows, which are
+  # the low-resolution edge rows: the padded upsampled image is the upsampled
+  # edge-padded image, less one row and column each side. Output phase r
+  # (row 2q + r) reads upsampled rows 2q + r + 1 + t, t in 0..2, which are
+  # edge-padded low-resolution rows q + (r + 1 + t) // 2.
+  taps = np.zeros((2, 3, 3), np.float32)  # [phase r, low-res tap d, tap t]
+  for r in range(2):
+    for t in range(3):
+      taps[r, (r + 1 + t) // 2, t] = 1.0
+  taps = jnp.asarray(taps, x.dtype)
+  cin, cout = kernel.shape[2:]
+  low = jnp.einsum('rat,sbu,tuio->abirso', taps, taps, kernel,
+                   precision=jax.lax.Precision.HIGHEST)
+  low = low.reshape(3, 3, cin, 4 * cout)
+  edge = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='edge')
+  y = padded_conv(edge, low, 1)
+  return depth_to_space(y, 2)
+
+
+def padded_conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+  """A VALID convolution of an already padded [B, H, W, Cin], by the CPU plan.
+
+  Picks space-to-depth for large kernels over few channels, and row strips
+  for large outputs; equals ``valid_conv(x, kernel, stride)``.
+  """
+  k, _, cin, _ = kernel.shape
+  if k >= 7 and cin <= 8 and stride == 1:
+    return _space_to_depth_conv(x, kernel, 2)
+  return strip_conv(x, kernel, stride)
+
+
+def strip_conv(x: jax.Array, kernel: jax.Array, stride: int = 1, *,
+               strip_pixels: int | None = None) -> jax.Array:
+  """``valid_conv`` computed one strip of output rows at a time.
+
+  Every (image, strip) pair is one step of a ``lax.map``; a strip reads its
+  input rows plus a halo of k - stride rows, so the result is exactly the
+  convolution of the whole image (no seams). The last strip may run past the
+  image on zero rows that are cropped off.
+
+  Args:
+    x: [B, H, W, Cin], already padded.
+    kernel: [kh, kw, Cin, Cout] (HWIO).
+    stride: the same along both axes.
+    strip_pixels: output pixels per strip (default: the ``settings`` value).
+  Returns:
+    [B, (H - kh) // stride + 1, (W - kw) // stride + 1, Cout].
+  """
+  kernel = kernel.astype(x.dtype)
+  b, h, w, _ = x.shape
+  kh, kw = kernel.shape[:2]
+  out_h, out_w = (h - kh) // stride + 1, (w - kw) // stride + 1
+  target = _SETTINGS['strip_pixels'] if strip_pixels is None else strip_pixels
+  rows = max(1, min(out_h, target // max(out_w, 1)))
+  num = -(-out_h // rows)
+  if num == 1 and b == 1:
+    return valid_conv(x, kernel, stride)
+  rows = -(-out_h // num)  # the same number of strips, as even as they go
+  in_rows = stride * (rows - 1) + kh
+  need = stride * (num * rows - 1) + kh
+  if need > h:
+    x = jnp.pad(x, ((0, 0), (0, need - h), (0, 0), (0, 0)))
+
+  def one_strip(index):
+    image, strip = index // num, index % num
+    window = jax.lax.dynamic_slice(
+        x, (image, strip * rows * stride, 0, 0), (1, in_rows, x.shape[2], x.shape[3]))
+    return valid_conv(window, kernel, stride)[0]
+
+  y = jax.lax.map(one_strip, jnp.arange(b * num))  # [B * num, rows, out_w, Cout]
+  y = y.reshape(b, num * rows, out_w, y.shape[-1])
+  return y[:, :out_h]
+
+
+def space_to_depth(x: jax.Array, f: int) -> jax.Array:
+  """[B, H, W, C] -> [B, H / f, W / f, f * f * C], channels ordered (row phase, column phase, C)."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // f, f, w // f, f, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // f, w // f, f * f * c)
+
+
+def depth_to_space(x: jax.Array, f: int) -> jax.Array:
+  """The inverse of ``space_to_depth``: [B, H, W, f * f * C] -> [B, f H, f W, C]."""
+  b, h, w, c = x.shape
+  c //= f * f
+  x = x.reshape(b, h, w, f, f, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * f, w * f, c)
+
+
+def space_to_depth_kernel(kernel: jax.Array, f: int) -> jax.Array:
+  """The stride-1 kernel [k, k, Cin, Cout] as one on the f x f blocked grid.
+
+  Output phase r and input phase s of a block select tap ``f * dq + s - r``
+  (zero where that is off the kernel).
+
+  Returns:
+    [k', k', f * f * Cin, f * f * Cout] with k' = (k + 2 f - 2) // f, channels
+    ordered as ``space_to_depth`` orders them.
+  """
+  k, _, cin, cout = kernel.shape
+  size = (k + 2 * f - 2) // f
+  index = np.zeros((size, f, f), np.int64)  # [dq, s, r] -> tap, k meaning zero
+  for dq in range(size):
+    for s in range(f):
+      for r in range(f):
+        t = f * dq + s - r
+        index[dq, s, r] = t if 0 <= t < k else k
+  padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+  big = padded[index[:, None, :, None, :, None], index[None, :, None, :, None, :]]
+  # [dq, dp, s_h, s_w, r_h, r_w, Cin, Cout] -> [dq, dp, (s_h, s_w, Cin), (r_h, r_w, Cout)]
+  big = big.transpose(0, 1, 2, 3, 6, 4, 5, 7)
+  return big.reshape(size, size, f * f * cin, f * f * cout)
+
+
+def _space_to_depth_conv(x, kernel, f):
+  """Stride-1 VALID conv of padded ``x`` through the f x f blocked grid."""
+  out_h, out_w = x.shape[1] - kernel.shape[0] + 1, x.shape[2] - kernel.shape[1] + 1
+  y = _blocked_conv(x, kernel, f)
+  return depth_to_space(y, f)[:, :out_h, :out_w]
+
+
+def _blocked_conv(x, kernel, f):
+  """Stride-1 VALID conv of padded ``x``, left in f x f blocks.
+
+  Returns:
+    [B, ceil(out_h / f), ceil(out_w / f), f * f * Cout]; blocks that run past
+    the output hold values to be cropped.
+  """
+  k = kernel.shape[0]
+  out_h, out_w = x.shape[1] - k + 1, x.shape[2] - k + 1
+  big = space_to_depth_kernel(kernel, f)
+  size = big.shape[0]
+  # Blocked output rows q read blocked input rows q .. q + size - 1: zero-pad
+  # (or crop) the input to exactly that many rows and columns.
+  blocks_h, blocks_w = -(-out_h // f), -(-out_w // f)
+  need_h, need_w = f * (blocks_h + size - 1), f * (blocks_w + size - 1)
+  x = x[:, :need_h, :need_w]
+  x = jnp.pad(x, ((0, 0), (0, need_h - x.shape[1]), (0, need_w - x.shape[2]), (0, 0)))
+  # Each blocked pixel is f * f image pixels.
+  strip_pixels = max(1, _SETTINGS['strip_pixels'] // (f * f))
+  return strip_conv(space_to_depth(x, f), big, 1, strip_pixels=strip_pixels)
+
+
+# Full-resolution layers in 2x2 blocks. The first layer of both networks is a
+# 9x9 convolution at full resolution, followed by a per-channel operation
+# (instance norm or bias, then ReLU) and a 3x3 stride-2 convolution. Done in
+# 2x2 blocks, neither the full-resolution activation nor its reflect-padded
+# copy is ever laid out: the 9x9 convolution writes blocks, and the stride-2
+# convolution reads them as a 2x2 convolution over 4x the channels.
+#
+# Blocks are stored as [B, H / 2, 2 W, C]: for each row of blocks, the four
+# pixels of each block (row phase, column phase) one after another. Every
+# pixel appears once, so anything per channel (instance-norm statistics over
+# axes 1 and 2, a bias, a ReLU) can be applied to the blocks as to the image.
+
+
+def conv_to_blocks(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """``conv(x, kernel)`` (stride 1), returned in 2x2 blocks.
+
+  Args:
+    x: [B, H, W, Cin], H and W even.
+    kernel: [k, k, Cin, Cout] (HWIO), k odd.
+  Returns:
+    [B, H / 2, 2 W, Cout]: the blocks of the [B, H, W, Cout] result (see
+    ``blocks_to_image``).
+  """
+  b, h, w, _ = x.shape
+  if h % 2 or w % 2:
+    raise ValueError(f'x must have even height and width, got shape {x.shape}')
+  kernel = kernel.astype(x.dtype)
+  cout = kernel.shape[-1]
+  padded = reflect_pad(x, kernel.shape[0] // 2)
+  if use_fast_path():
+    y = _blocked_conv(padded, kernel, 2)
+  else:
+    y = space_to_depth(valid_conv(padded, kernel), 2)
+  return y.reshape(b, h // 2, 2 * w, cout)
+
+
+def blocks_to_image(blocks: jax.Array) -> jax.Array:
+  """[B, H / 2, 2 W, C] blocks (from ``conv_to_blocks``) -> the [B, H, W, C] image."""
+  b, hb, w2, c = blocks.shape
+  return depth_to_space(blocks.reshape(b, hb, w2 // 4, 4 * c), 2)
+
+
+def strided_conv_from_blocks(blocks: jax.Array, kernel: jax.Array) -> jax.Array:
+  """``conv(blocks_to_image(blocks), kernel, stride=2)`` for a 3x3 kernel, without the image.
+
+  Output row q reads image rows 2q - 1, 2q, 2q + 1 of the reflect-padded image,
+  which are phase 1 of block row q - 1 and both phases of block row q; the
+  reflected row -1 is image row 1, phase 1 of block row 0, so padding the
+  blocks by repeating their first row and column is exact.
+
+  Args:
+    blocks: [B, H / 2, 2 W, Cin].
+    kernel: [3, 3, Cin, Cout] (HWIO).
+  Returns:
+    [B, H / 2, W / 2, Cout].
+  """
+  b, hb, w2, cin = blocks.shape
+  kernel = kernel.astype(blocks.dtype)
+  if kernel.shape[:2] != (3, 3):
+    raise ValueError(f'kernel must be 3x3, got shape {kernel.shape}')
+  if not use_fast_path():
+    return conv(blocks_to_image(blocks), kernel, 2)
+  x = blocks.reshape(b, hb, w2 // 4, 4 * cin)
+  x = jnp.pad(x, ((0, 0), (1, 0), (1, 0), (0, 0)), mode='edge')
+  index = np.array([[3, 0], [1, 2]])  # [block offset dq, phase s] -> tap 2 dq + s - 1; 3: zero
+  padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+  big = padded[index[:, None, :, None], index[None, :, None, :]]  # [dq, dp, s_h, s_w, Cin, Cout]
+  big = big.reshape(2, 2, 4 * cin, kernel.shape[-1])
+  return strip_conv(x, big, 1)
