@@ -165,8 +165,9 @@ def _style_params(params: Params, name: str, style_weights: jax.Array):
   return gamma, beta
 
 
-def _conv_cin(params, name, x, style_weights, stride=1):
-  x = small_conv.conv(x, jnp.asarray(params[f'{name}.kernel']), stride)
+def _conv_cin(params, name, x, style_weights, stride=1, conv=None):
+  kernel = jnp.asarray(params[f'{name}.kernel'])
+  x = conv(x, kernel) if conv else small_conv.conv(x, kernel, stride)
   return instance_norm(x, *_style_params(params, name, style_weights))
 
 
@@ -205,14 +206,16 @@ def apply(params: Params, images: jax.Array, style_weights: jax.Array, *,
     dtype = images.dtype if jnp.issubdtype(images.dtype, jnp.floating) else jnp.float32
   x = pad_to_multiple(images.astype(dtype))
 
-  x = jax.nn.relu(_conv_cin(params, 'contract.0', x, style_weights))
-  x = jax.nn.relu(_conv_cin(params, 'contract.1', x, style_weights, stride=2))
+  # contract.0's full-resolution output stays in 2x2 blocks (see small_conv).
+  x = jax.nn.relu(_conv_cin(params, 'contract.0', x, style_weights, conv=small_conv.conv_to_blocks))
+  x = jax.nn.relu(_conv_cin(params, 'contract.1', x, style_weights,
+                            conv=small_conv.strided_conv_from_blocks))
   x = jax.nn.relu(_conv_cin(params, 'contract.2', x, style_weights, stride=2))
   for i in range(NUM_RESIDUAL):
     y = jax.nn.relu(_conv_cin(params, f'res.{i}.0', x, style_weights))
     x = x + _conv_cin(params, f'res.{i}.1', y, style_weights)
-  x = jax.nn.relu(_conv_cin(params, 'expand.0', upsample2x(x), style_weights))
-  x = jax.nn.relu(_conv_cin(params, 'expand.1', upsample2x(x), style_weights))
+  x = jax.nn.relu(_conv_cin(params, 'expand.0', x, style_weights, conv=small_conv.upsample_conv))
+  x = jax.nn.relu(_conv_cin(params, 'expand.1', x, style_weights, conv=small_conv.upsample_conv))
   x = _conv_cin(params, 'expand.2', x, style_weights)
   return jax.nn.sigmoid(x.astype(jnp.float32))[:, :h, :w, :]
 
