@@ -65,7 +65,6 @@ import numpy as np
 from nst_jax import small_conv
 from nst_jax.cin_net import instance_norm
 from nst_jax.cin_net import pad_to_multiple
-from nst_jax.cin_net import upsample2x
 
 Params = Mapping[str, jax.Array]
 
@@ -221,8 +220,8 @@ def _style_norm(p, name, x, style):
   return instance_norm(x, gamma, beta)
 
 
-def _conv_cin(p, name, x, style):
-  return _style_norm(p, name, small_conv.conv(x, p[f'{name}.kernel']), style)
+def _conv_cin(p, name, x, style, conv=small_conv.conv):
+  return _style_norm(p, name, conv(x, p[f'{name}.kernel']), style)
 
 
 def transform(params: Params, images: jax.Array, style_vectors: jax.Array, *,
@@ -254,14 +253,17 @@ def transform(params: Params, images: jax.Array, style_vectors: jax.Array, *,
   p = {k: jnp.asarray(v) for k, v in params.items()}
   x = pad_to_multiple(x, MULTIPLE)
 
-  for name, stride in (('contract.0', 1), ('contract.1', 2), ('contract.2', 2)):
-    x = small_conv.conv(x, p[f'{name}.kernel'], stride) + p[f'{name}.bias'].astype(x.dtype)
+  # contract.0's full-resolution output stays in 2x2 blocks (see small_conv).
+  convs = (small_conv.conv_to_blocks, small_conv.strided_conv_from_blocks,
+           lambda x, kernel: small_conv.conv(x, kernel, 2))
+  for name, conv in zip(('contract.0', 'contract.1', 'contract.2'), convs):
+    x = conv(x, p[f'{name}.kernel']) + p[f'{name}.bias'].astype(x.dtype)
     x = jax.nn.relu(x)
   for i in range(NUM_RESIDUAL):
     y = jax.nn.relu(_conv_cin(p, f'res.{i}.0', x, style))
     x = x + _conv_cin(p, f'res.{i}.1', y, style)
-  x = jax.nn.relu(_conv_cin(p, 'expand.0', upsample2x(x), style))
-  x = jax.nn.relu(_conv_cin(p, 'expand.1', upsample2x(x), style))
+  x = jax.nn.relu(_conv_cin(p, 'expand.0', x, style, small_conv.upsample_conv))
+  x = jax.nn.relu(_conv_cin(p, 'expand.1', x, style, small_conv.upsample_conv))
   x = _conv_cin(p, 'expand.2', x, style)
   return jax.nn.sigmoid(x.astype(jnp.float32))[:, :h, :w, :]
 
