@@ -16,7 +16,15 @@ Details reproduced from the references:
 
 The state has fixed shapes (a ``[history_size, n]`` ring buffer), so the
 update is ``jit``-, ``vmap``- and ``scan``-friendly; the two-loop recursion
-only visits the stored pairs.
+only visits the stored pairs. Each update reads each history twice, one pair
+at a time; the compact representation of Byrd, Nocedal & Schnabel (1994)
+reads them twice as well (two products with the ``[m, n]`` histories, then one
+combination pass over both) and was slower with XLA on CPU, so the two-loop
+stays (``benchmarks/lbfgs.py`` times both).
+
+``history_dtype=jnp.bfloat16`` stores the two histories in bfloat16, halving
+their memory (the largest part of the state: ``2 * history_size`` image-sized
+vectors); every product and the direction stay in float32.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ class LbfgsState(NamedTuple):
 
 def _two_loop(g, state: LbfgsState, m: int):
   """Returns the direction ``-H g`` with H the L-BFGS inverse Hessian."""
+  row = lambda history, i: history[i].astype(g.dtype)
   k = state.num_pairs
 
   def slot(j):  # j-th newest pair
@@ -53,8 +62,8 @@ def _two_loop(g, state: LbfgsState, m: int):
   def backward(j, carry):
     q, alphas = carry
     i = slot(j)
-    a = state.rho[i] * jnp.vdot(state.s_history[i], q)
-    return q - a * state.y_history[i], alphas.at[j].set(a)
+    a = state.rho[i] * jnp.vdot(row(state.s_history, i), q)
+    return q - a * row(state.y_history, i), alphas.at[j].set(a)
 
   q, alphas = jax.lax.fori_loop(0, k, backward, (-g, jnp.zeros((m,), g.dtype)))
   r = q * state.h_diag
@@ -62,20 +71,25 @@ def _two_loop(g, state: LbfgsState, m: int):
   def forward(jj, r):
     j = k - 1 - jj  # oldest first
     i = slot(j)
-    b = state.rho[i] * jnp.vdot(state.y_history[i], r)
-    return r + (alphas[j] - b) * state.s_history[i]
+    b = state.rho[i] * jnp.vdot(row(state.y_history, i), r)
+    return r + (alphas[j] - b) * row(state.s_history, i)
 
   return jax.lax.fori_loop(0, k, forward, r)
 
 
-def scale_by_torch_lbfgs(history_size: int = 100,
-                         learning_rate: float = 1.0) -> optax.GradientTransformation:
+def scale_by_torch_lbfgs(history_size: int = 100, learning_rate: float = 1.0,
+                         history_dtype=None) -> optax.GradientTransformation:
   """L-BFGS updates with PyTorch's ``LBFGS(line_search_fn=None)`` step rule.
 
   Args:
     history_size: curvature pairs kept (torch ``history_size``, Lua
       ``nCorrection``); 100 in the references.
     learning_rate: fixed step length after the first iteration.
+    history_dtype: storage dtype of the ``[history_size, n]`` step and
+      gradient-difference histories; default the parameters' dtype.
+      ``jnp.bfloat16`` halves their memory; the curvature scalars are then
+      computed from the rounded pairs, so the inverse Hessian stays positive
+      definite.
   Returns:
     An optax GradientTransformation whose ``update(grads, state, params)``
     returns the step to add to the parameters (use ``optax.apply_updates``).
@@ -87,16 +101,16 @@ def scale_by_torch_lbfgs(history_size: int = 100,
   def init_fn(params):
     flat, _ = ravel_pytree(params)
     n = flat.size
-    z = jnp.zeros((n,), flat.dtype)
+    dtype = flat.dtype if history_dtype is None else jnp.dtype(history_dtype)
     return LbfgsState(
         count=jnp.zeros((), jnp.int32),
-        s_history=jnp.zeros((m, n), flat.dtype),
-        y_history=jnp.zeros((m, n), flat.dtype),
+        s_history=jnp.zeros((m, n), dtype),
+        y_history=jnp.zeros((m, n), dtype),
         rho=jnp.zeros((m,), flat.dtype),
         head=jnp.zeros((), jnp.int32),
         num_pairs=jnp.zeros((), jnp.int32),
         h_diag=jnp.ones((), flat.dtype),
-        prev_grad=z, prev_step=z)
+        prev_grad=jnp.zeros((n,), flat.dtype), prev_step=jnp.zeros((n,), flat.dtype))
 
   def update_fn(updates, state: LbfgsState, params=None):
     del params
@@ -104,14 +118,20 @@ def scale_by_torch_lbfgs(history_size: int = 100,
     y = g - state.prev_grad
     s = state.prev_step
     ys = jnp.vdot(y, s)
-    accept = (state.count > 0) & (ys > _CURVATURE_EPS)
+    # The pair as stored (rounded when the history is narrower than g): its
+    # own curvature scalars keep H consistent with what the two-loop reads.
+    dtype = state.s_history.dtype
+    s_kept, y_kept = s.astype(dtype), y.astype(dtype)
+    ys_kept = jnp.vdot(y_kept.astype(g.dtype), s_kept.astype(g.dtype))
+    accept = (state.count > 0) & (ys > _CURVATURE_EPS) & (ys_kept > _CURVATURE_EPS)
     head = state.head
     # Only one ring row changes, so a masked write of that row is cheap.
-    s_hist = state.s_history.at[head].set(jnp.where(accept, s, state.s_history[head]))
-    y_hist = state.y_history.at[head].set(jnp.where(accept, y, state.y_history[head]))
-    rho = state.rho.at[head].set(jnp.where(accept, 1.0 / jnp.where(accept, ys, 1.0),
+    s_hist = state.s_history.at[head].set(jnp.where(accept, s_kept, state.s_history[head]))
+    y_hist = state.y_history.at[head].set(jnp.where(accept, y_kept, state.y_history[head]))
+    rho = state.rho.at[head].set(jnp.where(accept, 1.0 / jnp.where(accept, ys_kept, 1.0),
                                            state.rho[head]))
-    h_diag = jnp.where(accept, ys / jnp.where(accept, jnp.vdot(y, y), 1.0), state.h_diag)
+    yy_kept = jnp.vdot(y_kept.astype(g.dtype), y_kept.astype(g.dtype))
+    h_diag = jnp.where(accept, ys_kept / jnp.where(accept, yy_kept, 1.0), state.h_diag)
     state = state._replace(
         s_history=s_hist, y_history=y_hist, rho=rho, h_diag=h_diag.astype(g.dtype),
         head=jnp.where(accept, (head + 1) % m, head).astype(jnp.int32),
@@ -126,8 +146,3 @@ def scale_by_torch_lbfgs(history_size: int = 100,
 
   return optax.GradientTransformation(init_fn, update_fn)
 
-
-def history_bytes(num_pixels: int, history_size: int, channels: int = 3) -> int:
-  """Memory of the L-BFGS state for an image of ``num_pixels`` (float32)."""
-  n = num_pixels * channels
-  return 4 * (2 * history_size * n + 3 * n)

@@ -1,4 +1,4 @@
-"""L-BFGS transformation against torch.optim.LBFGS(line_search_fn=None)."""
+"""L-BFGS transformation against torch.optim.LBFGS(line_search_fn=None) and a numpy two-loop."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +7,6 @@ import optax
 import pytest
 
 from nst_jax import lbfgs
-
-torch = pytest.importorskip('torch')
 
 
 def _rosenbrock_np(x):
@@ -29,6 +27,7 @@ def _run_jax(fn, x0, iters, history, lr):
 
 
 def _run_torch(fn, x0, iters, history, lr):
+  torch = pytest.importorskip('torch')
   x = torch.tensor(np.asarray(x0, np.float64), requires_grad=True)
   opt = torch.optim.LBFGS([x], lr=lr, max_iter=iters,
                           history_size=history, tolerance_grad=-1,
@@ -52,7 +51,7 @@ def test_matches_torch_on_rosenbrock(history):
   with jax.enable_x64(True):
     x0 = np.linspace(-1.2, 1.0, 6)
     fn_j = lambda x: jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
-    fn_t = lambda x: torch.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+    fn_t = lambda x: (100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum()
     xj, vj = _run_jax(fn_j, x0, 40, history, 0.5)
     xt, vt = _run_torch(fn_t, x0, 40, history, 0.5)
   assert len(vj) == len(vt) == 40
@@ -97,3 +96,93 @@ def test_vmaps_over_independent_problems():
   batched = jax.jit(jax.vmap(run))(a)
   for i in range(2):
     np.testing.assert_allclose(batched[i], run(a[i]), rtol=1e-6)
+
+
+def _two_loop_np(g, s_hist, y_hist, order):
+  """-H g by the textbook two-loop recursion in float64 (Nocedal & Wright, alg. 7.4)."""
+  s_hist, y_hist = np.asarray(s_hist, np.float64), np.asarray(y_hist, np.float64)
+  q = -np.asarray(g, np.float64)
+  rho = {i: 1.0 / (s_hist[i] @ y_hist[i]) for i in order}
+  alpha = {}
+  for i in reversed(order):  # newest first
+    alpha[i] = rho[i] * (s_hist[i] @ q)
+    q = q - alpha[i] * y_hist[i]
+  newest = order[-1] if order else None
+  gamma = 1.0 if newest is None else (s_hist[newest] @ y_hist[newest]) / (
+      y_hist[newest] @ y_hist[newest])
+  r = gamma * q
+  for i in order:  # oldest first
+    r = r + (alpha[i] - rho[i] * (y_hist[i] @ r)) * s_hist[i]
+  return r
+
+
+def _random_pairs(rng, n, k):
+  """k pairs (s, y = A s) of a random SPD A with eigenvalues in [1, 10]: y.s > 0."""
+  q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+  a = (q * rng.uniform(1.0, 10.0, n)) @ q.T
+  s = rng.standard_normal((k, n))
+  return s, s @ a
+
+
+@pytest.mark.parametrize('stored,head', [(3, 3), (5, 0), (5, 2)],
+                         ids=['partly_filled', 'full', 'wrapped'])
+def test_direction_matches_numpy_two_loop(stored, head):
+  """The step is -H g from the stored ring (oldest dropped first), float32 within 1e-5."""
+  m, n = 5, 64
+  rng = np.random.default_rng(stored + head)
+  s, y = _random_pairs(rng, n, stored)
+  slots = [(head - stored + j) % m for j in range(stored)]  # oldest first
+  s_hist, y_hist = np.zeros((m, n)), np.zeros((m, n))
+  s_hist[slots], y_hist[slots] = s, y
+  opt = lbfgs.scale_by_torch_lbfgs(history_size=m, learning_rate=0.5)
+  g = rng.standard_normal(n)
+  newest = slots[-1]
+  state = opt.init(jnp.zeros(n))._replace(
+      count=jnp.int32(7), head=jnp.int32(head), num_pairs=jnp.int32(stored),
+      s_history=jnp.asarray(s_hist, jnp.float32), y_history=jnp.asarray(y_hist, jnp.float32),
+      rho=jnp.asarray([1.0 / (s_hist[i] @ y_hist[i]) if i in slots else 0.0 for i in range(m)],
+                      jnp.float32),
+      h_diag=jnp.float32((s_hist[newest] @ y_hist[newest]) / (y_hist[newest] @ y_hist[newest])),
+      # prev_step = 0: y.s = 0 fails the curvature test, so no pair is added.
+      prev_grad=jnp.asarray(rng.standard_normal(n), jnp.float32))
+  u, new_state = opt.update(jnp.asarray(g, jnp.float32), state)
+  assert int(new_state.num_pairs) == stored and int(new_state.head) == head
+  want = 0.5 * _two_loop_np(g.astype(np.float32), s_hist.astype(np.float32),
+                            y_hist.astype(np.float32), slots)
+  assert np.linalg.norm(np.asarray(u, np.float64) - want) <= 1e-5 * np.linalg.norm(want)
+
+
+def _quadratic_run(opt, iters, n=32):
+  a = jnp.asarray(np.random.default_rng(0).uniform(1.0, 10.0, n), jnp.float32)
+  x = jnp.zeros(n)
+  state = opt.init(x)
+  for _ in range(iters):
+    u, state = opt.update(a * (x - 1.0), state, x)
+    x = optax.apply_updates(x, u)
+  return x, state
+
+
+def test_bfloat16_history_is_the_two_loop_on_the_rounded_pairs():
+  """bfloat16 storage: half the bytes, and the direction is exact for the pairs kept."""
+  opt = lbfgs.scale_by_torch_lbfgs(history_size=4, learning_rate=0.5,
+                                   history_dtype=jnp.bfloat16)
+  x, state = _quadratic_run(opt, 7)
+  assert state.s_history.dtype == state.y_history.dtype == jnp.bfloat16
+  assert int(state.num_pairs) == 4 and int(state.head) == 2
+  g = np.random.default_rng(1).standard_normal(32).astype(np.float32)
+  frozen = state._replace(prev_step=jnp.zeros_like(state.prev_step))  # no new pair
+  u, _ = opt.update(jnp.asarray(g), frozen)
+  want = 0.5 * _two_loop_np(g, np.asarray(state.s_history, np.float32),
+                            np.asarray(state.y_history, np.float32), [2, 3, 0, 1])
+  assert np.linalg.norm(np.asarray(u, np.float64) - want) <= 1e-5 * np.linalg.norm(want)
+  x32, _ = _quadratic_run(lbfgs.scale_by_torch_lbfgs(history_size=4, learning_rate=0.5), 7)
+  np.testing.assert_allclose(x, x32, rtol=2e-2)
+
+
+def test_compact_representation_in_benchmark_matches():
+  """benchmarks/lbfgs.py's compact-representation variant takes the same steps."""
+  from benchmarks import lbfgs as bench_lbfgs
+  x_two, _ = _quadratic_run(lbfgs.scale_by_torch_lbfgs(history_size=4, learning_rate=0.5), 9)
+  x_bns, state = _quadratic_run(bench_lbfgs.compact_lbfgs(4, learning_rate=0.5), 9)
+  assert int(state.head) == 0 and int(state.num_pairs) == 4  # wrapped twice
+  np.testing.assert_allclose(x_bns, x_two, rtol=1e-5)
