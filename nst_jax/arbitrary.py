@@ -156,9 +156,9 @@ def _check_images(images: jax.Array, dtype) -> jax.Array:
   images = jnp.asarray(images)
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'images must be [B, H, W, 3], got shape {images.shape}')
-  if dtype is None:
-    dtype = images.dtype if jnp.issubdtype(images.dtype, jnp.floating) else jnp.float32
-  return images.astype(dtype)
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(f'images must be floats in [0, 1], got dtype {images.dtype}')
+  return images.astype(images.dtype if dtype is None else dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def predict_style(params: Params, images: jax.Array, *,
 
   Args:
     params: the predictor parameters (see the module docstring).
-    images: [B, H, W, 3] RGB in [0, 1].
+    images: [B, H, W, 3] float RGB in [0, 1].
     dtype: compute dtype (e.g. ``jnp.bfloat16``); default that of ``images``.
   Returns:
     [B, 100] float32 style vectors.
@@ -234,7 +234,7 @@ def transform(params: Params, images: jax.Array, style_vectors: jax.Array, *,
 
   Args:
     params: the transformer parameters (see the module docstring).
-    images: [B, H, W, 3] RGB in [0, 1], H and W >= 5.
+    images: [B, H, W, 3] float RGB in [0, 1], H and W >= 3.
     style_vectors: [B, 100] (one per image) or [100] (for all), e.g. from
       ``predict_style``; a weighted mean of vectors blends styles, and a mix
       with the content image's own vector weakens the style.

@@ -7,8 +7,8 @@ conditional instance norm (CIN). A blend of styles mixes those parameters
 linearly, so ``style_weights`` may be any non-negative vector (the reference
 normalises it to sum 1; this module uses it as given).
 
-Parameters are a flat dict ``name -> array`` (the layout agreed in
-``/work/coord/LAYOUT.md``, shared with the training code):
+Parameters are a flat dict ``name -> array``, one layout for the ported
+network and for networks trained with nst_jax:
 
   ==========  =====================================  ==================
   layer       what                                   kernel
@@ -19,7 +19,7 @@ Parameters are a flat dict ``name -> array`` (the layout agreed in
   res.i.j     residual block i in 0..5, conv j       [3, 3, W, W]
   expand.0    nearest 2x up, 3x3 conv                [3, 3, W, W // 4]
   expand.1    nearest 2x up, 3x3 conv                [3, 3, W // 4, W // 8]
-  expand.2    9x9 conv, then sigmoid (no ReLU)       [9, 9, W // 8, 3]
+  expand.2    9x9 conv, CIN, sigmoid (no ReLU)       [9, 9, W // 8, 3]
   ==========  =====================================  ==================
 
 Each layer ``L`` holds ``L.kernel`` (HWIO), ``L.gamma`` and ``L.beta``
@@ -182,19 +182,20 @@ def apply(params: Params, images: jax.Array, style_weights: jax.Array, *,
 
   Args:
     params: the flat parameter dict (see the module docstring).
-    images: [B, H, W, 3] RGB in [0, 1], H and W >= 5 (the 9x9 reflect pad
-      needs 5 pixels).
+    images: [B, H, W, 3] float RGB in [0, 1], H and W >= 3.
     style_weights: [B, N] style mixture per image, or [N] for all images; a
       one-hot row selects one style, a row summing to 1 blends styles.
     dtype: compute dtype of the convolutions and activations (e.g.
       ``jnp.bfloat16``); instance-norm statistics are float32 either way.
-      Default: the dtype of ``images`` (float32 for integer input).
+      Default: the dtype of ``images``.
   Returns:
     [B, H, W, 3] float32 in [0, 1].
   """
   images = jnp.asarray(images)
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'images must be [B, H, W, 3], got shape {images.shape}')
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(f'images must be floats in [0, 1], got dtype {images.dtype}')
   style_weights = jnp.asarray(style_weights, jnp.float32)
   n = num_styles_of(params)
   if style_weights.shape[-1] != n or style_weights.ndim not in (1, 2):
@@ -202,9 +203,7 @@ def apply(params: Params, images: jax.Array, style_weights: jax.Array, *,
                      f'{style_weights.shape}')
   b, h, w, _ = images.shape
   style_weights = jnp.broadcast_to(style_weights, (b, n))
-  if dtype is None:
-    dtype = images.dtype if jnp.issubdtype(images.dtype, jnp.floating) else jnp.float32
-  x = pad_to_multiple(images.astype(dtype))
+  x = pad_to_multiple(images.astype(images.dtype if dtype is None else dtype))
 
   # contract.0's full-resolution output stays in 2x2 blocks (see small_conv).
   x = jax.nn.relu(_conv_cin(params, 'contract.0', x, style_weights, conv=small_conv.conv_to_blocks))
