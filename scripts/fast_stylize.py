@@ -386,18 +386,26 @@ def _run_video(plan: _Plan, info, stylize) -> int:
   if info.audio_codec:
     _say(f'note: the audio track ({info.audio_codec}) is not copied to the output')
   last = [time.perf_counter()]
+  first_batch = []  # (frames, time) when the first batch (which compiles) is done.
 
   def progress(done, total):
-    if time.perf_counter() - last[0] >= 2.0 or done == total:
-      last[0] = time.perf_counter()
+    now = time.perf_counter()
+    if not first_batch:
+      first_batch.append((done, now))
+    if now - last[0] >= 2.0 or done == total:
+      last[0] = now
       _say(f'frame {done}/{total or "?"}')
 
   result = video.transform_video(FLAGS.video, plan.output_video, stylize,
                                  batch_size=FLAGS.batch_size, size=size, progress=progress)
+  end = time.perf_counter()
+  done_first, t_first = first_batch[0]
+  rate = (f', {(result.frames - done_first) / (end - t_first):.1f} frames/s after the first '
+          'batch' if result.frames > done_first and end > t_first else '')
   flicker = ('n/a' if result.flicker is None else f'{result.flicker:.2f}')
   _say(f'wrote {plan.output_video} ({result.frames} frames, {result.width}x{result.height}, '
-       f'{result.seconds:.1f} s, {result.frames / result.seconds:.1f} frames/s); flicker '
-       f'{flicker} (mean change between consecutive frames, output / input)')
+       f'{result.seconds:.1f} s{rate}); flicker {flicker} (mean change between consecutive '
+       'frames, output / input)')
   return 0
 
 
