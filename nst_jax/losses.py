@@ -11,6 +11,20 @@ default scalings follow jcjohnson/neural-style (``neural_style.lua``):
   last row and column, whose gradient is exactly the reference's ``TVLoss``
   gradient (the reference never computes the value; we report it).
 
+Beyond the Gram matrix (issue 13; see docs/objectives.md for when each helps):
+
+* ``sliced_wasserstein_loss``: the whole feature distribution, compared in
+  random 1-D projections (Heitz et al. 2021), fresh directions from a PRNG key;
+* ``mean_std_loss``: per-channel mean and standard deviation (the statistics
+  AdaIN matches, Huang & Belongie 2017);
+* ``color_loss``: sliced Wasserstein between pixel colours (the palette);
+* guided (masked) versions of each for spatial control (Gatys et al. 2017):
+  every region of the output matches its own style.
+
+The style term is a weighted combination of kinds, chosen by a string such
+as ``'gram:1,sw:0.5'`` (``parse_style_loss``); the default, ``'gram'``, runs
+exactly the original computation.
+
 Images are in the weight set's preprocessed space (for Caffe weights: BGR,
 0-255 scale, mean pixel subtracted), one image per problem, ``[H, W, 3]``.
 
@@ -25,22 +39,38 @@ Typical use inside your own JAX code::
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from nst_jax import layers as vgg_layers
 from nst_jax import vgg
 
 Array = jax.Array
 
 
+# Style statistics the style term can match; aliases accepted by parse_style_loss.
+STYLE_LOSSES = ('gram', 'sw', 'mean_std')
+_STYLE_LOSS_ALIASES = {'sliced_wasserstein': 'sw', 'meanstd': 'mean_std', 'adain': 'mean_std'}
+# Random directions per layer for the sliced Wasserstein loss (at most one per
+# channel) and for the colour term; see docs/objectives.md for the choice.
+DEFAULT_SW_DIRECTIONS = 32
+DEFAULT_COLOR_DIRECTIONS = 8
+# Inside the square root of the per-channel variance: dead ReLU channels have
+# zero variance, where the root's gradient would be infinite (AdaIN's epsilon).
+_STD_EPS = 1e-5
+
+
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-  """The static part of the objective: which layers, how the net runs.
+  """The static part of the objective: which layers, which statistics, how the net runs.
 
   Changing any field changes the compiled program; the loss *weights* are
-  passed separately (``LossWeights``) and can change without recompiling.
+  passed separately (``default_loss_weights``) and can change without
+  recompiling. The defaults are the original Gatys et al. objective.
   """
   content_layers: tuple[str, ...] = ('relu4_2',)
   style_layers: tuple[str, ...] = ('relu1_1', 'relu2_1', 'relu3_1', 'relu4_1', 'relu5_1')
@@ -48,15 +78,77 @@ class LossSpec:
   normalize_gradients: bool = False
   compute_dtype: str | None = None  # e.g. 'bfloat16' for mixed precision
   remat: bool = False
+  # Kinds of style statistics matched at every style layer (STYLE_LOSSES);
+  # their relative weights live in the loss weights.
+  style_losses: tuple[str, ...] = ('gram',)
+  sw_directions: int = 0      # per layer; 0: min(channels, DEFAULT_SW_DIRECTIONS)
+  color_loss: bool = False    # add the colour-distribution term ('color')
+  color_directions: int = 0   # 0: DEFAULT_COLOR_DIRECTIONS
+
+  def __post_init__(self):
+    unknown = [k for k in self.style_losses if k not in STYLE_LOSSES]
+    if unknown or not self.style_losses:
+      raise ValueError(f'style_losses must be a non-empty tuple of {", ".join(STYLE_LOSSES)}, '
+                       f'got {self.style_losses!r}')
+    if self.sw_directions < 0 or self.color_directions < 0:
+      raise ValueError('sw_directions and color_directions must be >= 0 (0: the default)')
 
   @property
   def taps(self) -> tuple[str, ...]:
     return tuple(dict.fromkeys(self.content_layers + self.style_layers))
 
+  @property
+  def needs_key(self) -> bool:
+    """Whether ``total_loss`` needs a PRNG key (random projections)."""
+    return 'sw' in self.style_losses or self.color_loss
+
+  def directions(self, channels: int) -> int:
+    """Number of sliced-Wasserstein directions at a layer with ``channels`` channels."""
+    return min(channels, self.sw_directions or DEFAULT_SW_DIRECTIONS)
+
   def features(self, params, images: Array) -> dict[str, Array]:
     dtype = None if self.compute_dtype is None else jnp.dtype(self.compute_dtype)
     return vgg.features(params, images, self.taps, pooling=self.pooling,
                         compute_dtype=dtype, remat=self.remat)
+
+
+def parse_style_loss(text: str, name: str = 'style_loss') -> tuple[tuple[str, float], ...]:
+  """Parses ``'gram'``, ``'sw'`` or a weighted mix such as ``'gram:1,sw:0.5'``.
+
+  Args:
+    text: comma-separated kinds (``gram``, ``sw`` or ``sliced_wasserstein``,
+      ``mean_std``), each optionally followed by ``:WEIGHT`` (default 1).
+    name: the argument's name, used in error messages.
+  Returns:
+    ``((kind, weight), ...)`` with canonical kind names, in the given order.
+  Raises:
+    ValueError: naming ``name``, for an unknown kind, a repeated kind, or a
+      weight that is not a finite number >= 0, or if all weights are zero.
+  """
+  allowed = 'gram, sw (sliced_wasserstein), mean_std'
+  out = {}
+  for item in str(text).split(','):
+    item = item.strip()
+    if not item:
+      raise ValueError(f'{name}: empty entry in {text!r}; write e.g. gram:1,sw:0.5')
+    kind, _, weight = item.partition(':')
+    kind = _STYLE_LOSS_ALIASES.get(kind.strip(), kind.strip())
+    if kind not in STYLE_LOSSES:
+      raise ValueError(f'{name}: unknown style loss {kind!r} in {text!r}; use {allowed}, '
+                       'each optionally with :WEIGHT, e.g. gram:1,sw:0.5')
+    if kind in out:
+      raise ValueError(f'{name}: {kind} appears twice in {text!r}')
+    try:
+      w = float(weight) if weight.strip() else 1.0
+    except ValueError:
+      w = float('nan')
+    if not math.isfinite(w) or w < 0:
+      raise ValueError(f'{name}: the weight of {kind} must be a finite number >= 0, '
+                       f'got {weight!r}')
+    out[kind] = w
+  if not any(out.values()):
+    raise ValueError(f'{name}: every weight in {text!r} is zero; give one a positive weight')
+  return tuple(out.items())
 
 
 def gram(features: Array) -> Array:
@@ -126,53 +218,452 @@ def blend_grams(grams: Sequence[Mapping[str, Array]],
   return {layer: sum(w[i] * g[layer] for i, g in enumerate(grams)) for layer in grams[0]}
 
 
+# ----------------------------------------------------------------------------
+# Distribution losses: sliced Wasserstein, mean and std, colour.
+
+
+def _pixels(features: Array) -> Array:
+  """[..., C] -> [N, C] float32 (every leading axis is a pixel axis)."""
+  return features.reshape(-1, features.shape[-1]).astype(jnp.float32)
+
+
+def random_directions(key: Array, channels: int, num: int) -> Array:
+  """``num`` random unit vectors in R^channels, uniform on the sphere.
+
+  Returns:
+    [channels, num]; column ``d`` is one direction.
+  """
+  d = jax.random.normal(key, (channels, num), jnp.float32)
+  return d / jnp.linalg.norm(d, axis=0, keepdims=True)
+
+
+def _sorted_projections(pixels: Array, directions: Array,
+                        weights: Array | None = None) -> tuple[Array, Array | None]:
+  """Projections [D, N] sorted along N (and the pixel weights in the same order)."""
+  proj = (pixels @ directions).T
+  if weights is None:
+    return jnp.sort(proj, axis=-1), None
+  w = jnp.broadcast_to(weights.astype(jnp.float32), proj.shape)
+  return jax.lax.sort((proj, w), dimension=-1, num_keys=1)
+
+
+def _quantile_positions(sorted_weights: Array) -> Array:
+  """Mid-point cumulative weight of each sorted sample, in (0, 1): [D, N]."""
+  c = jnp.cumsum(sorted_weights, axis=-1)
+  return (c - 0.5 * sorted_weights) / jnp.maximum(c[..., -1:], 1e-30)
+
+
+def _resample_uniform(sorted_values: Array, n: int) -> Array:
+  """Quantiles at (i + 0.5) / n of equally weighted sorted samples [D, M] -> [D, n].
+
+  Linear interpolation between the samples' own quantile positions
+  (k + 0.5) / M; with ``n == M`` the samples themselves.
+  """
+  m = sorted_values.shape[-1]
+  if m == n:
+    return sorted_values
+  pos = (np.arange(n) + 0.5) * (m / n) - 0.5  # Static: computed in float64 once.
+  lo = np.clip(np.floor(pos), 0, m - 1).astype(np.int32)
+  hi = np.minimum(lo + 1, m - 1)
+  frac = np.clip(pos - lo, 0.0, 1.0).astype(np.float32)
+  return sorted_values[:, lo] * (1.0 - frac) + sorted_values[:, hi] * frac
+
+
+def _quantiles_at(sorted_values: Array, sorted_weights: Array | None, q: Array) -> Array:
+  """Quantiles at positions q [D, n] of sorted samples [D, M] with optional weights."""
+  if sorted_weights is None:
+    m = sorted_values.shape[-1]
+    pos = q * m - 0.5
+    lo = jnp.clip(jnp.floor(pos), 0, m - 1).astype(jnp.int32)
+    hi = jnp.minimum(lo + 1, m - 1)
+    frac = jnp.clip(pos - lo, 0.0, 1.0)
+    take = lambda i: jnp.take_along_axis(sorted_values, i, axis=-1)
+    return take(lo) * (1.0 - frac) + take(hi) * frac
+  return jax.vmap(jnp.interp)(q, _quantile_positions(sorted_weights), sorted_values)
+
+
+def _sliced_wasserstein(x: Array, styles: Sequence[Array], blend: Array | None,
+                        directions: Array, x_weights: Array | None = None,
+                        style_weights: Sequence[Array | None] | None = None) -> Array:
+  """Sliced W2^2 between pixels x [N, C] and a (blend of) style pixel sets [M_s, C].
+
+  Several styles are blended by averaging their quantile functions in each
+  direction with weights ``blend`` (the 1-D Wasserstein barycentre), as the
+  Gram path averages Gram matrices. ``x_weights`` [N] (a region's mask) makes
+  x a weighted distribution; ``style_weights`` does the same for each style.
+  The style side is a constant (no gradient).
+  """
+  n, d = x.shape[0], directions.shape[1]
+  blend = jnp.ones((1,), jnp.float32) if blend is None else blend
+  style_weights = [None] * len(styles) if style_weights is None else style_weights
+  xs, xw = _sorted_projections(x, directions, x_weights)
+  q = None if xw is None else _quantile_positions(xw)
+  target = 0.0
+  for i, (style, sw) in enumerate(zip(styles, style_weights)):
+    sv, sw = jax.lax.stop_gradient(_sorted_projections(style, directions, sw))
+    if q is None and sw is None:
+      qs = _resample_uniform(sv, n)
+    else:
+      qs = _quantiles_at(sv, sw, q if q is not None else
+                         jnp.broadcast_to((jnp.arange(n) + 0.5) / n, (d, n)))
+    target = target + blend[i] * qs
+  target = jax.lax.stop_gradient(target)
+  if xw is None:
+    return jnp.mean(jnp.square(xs - target))
+  return jnp.sum(xw * jnp.square(xs - target)) / (d * jnp.maximum(jnp.sum(x_weights), 1e-30))
+
+
+def sliced_wasserstein_loss(features: Array, target: Array, key: Array,
+                            num_directions: int = 0) -> Array:
+  """Sliced Wasserstein loss between two sets of feature vectors (Heitz et al. 2021).
+
+  Projects both sets on ``num_directions`` random unit directions drawn from
+  ``key``, sorts each projection and returns the mean squared difference of
+  the sorted values. With different pixel counts the style's sorted values are
+  linearly interpolated at the output's quantile positions. Zero when the two
+  sets are equal up to a permutation of the pixels.
+
+  Args:
+    features: [..., C] (e.g. [H, W, C]); every leading axis is a pixel axis.
+    target: [..., C] style features, any number of pixels.
+    key: PRNG key; draw a fresh one each iteration.
+    num_directions: directions (0: ``min(C, DEFAULT_SW_DIRECTIONS)``).
+  Returns:
+    Scalar ``mean_{d, i} (sort(F v_d)_i - Q_d(i))^2``.
+  """
+  c = features.shape[-1]
+  dirs = random_directions(key, c, num_directions or min(c, DEFAULT_SW_DIRECTIONS))
+  return _sliced_wasserstein(_pixels(features), [_pixels(target)], None, dirs)
+
+
+def moments(features: Array, weights: Array | None = None) -> tuple[Array, Array]:
+  """Per-channel mean and standard deviation [C] (optionally pixel-weighted).
+
+  Args:
+    features: [..., C].
+    weights: optional [...] non-negative pixel weights (a mask).
+  Returns:
+    (mean, std), std = sqrt(biased variance + 1e-5) as in AdaIN.
+  """
+  f = _pixels(features)
+  if weights is None:
+    mean = jnp.mean(f, axis=0)
+    var = jnp.mean(jnp.square(f - mean), axis=0)
+  else:
+    w = weights.reshape(-1).astype(jnp.float32)
+    w = w / jnp.maximum(jnp.sum(w), 1e-30)
+    mean = w @ f
+    var = w @ jnp.square(f - mean)
+  return mean, jnp.sqrt(var + _STD_EPS)
+
+
+def mean_std_loss(features: Array, target: tuple[Array, Array]) -> Array:
+  """``mean((mu - mu_t)^2) + mean((sigma - sigma_t)^2)`` over channels (Huang & Belongie 2017).
+
+  Args:
+    features: [..., C].
+    target: (mean [C], std [C]) of the style, from ``moments``.
+  """
+  mean, std = moments(features)
+  return jnp.mean(jnp.square(mean - target[0])) + jnp.mean(jnp.square(std - target[1]))
+
+
+def color_loss(image: Array, target: Array, key: Array, num_directions: int = 0) -> Array:
+  """Sliced Wasserstein between the pixel colours of ``image`` and of a style.
+
+  Both in the weight set's preprocessed space (for Caffe weights BGR, 0-255,
+  mean removed: an affine map of sRGB, so distances are RGB distances x 255).
+
+  Args:
+    image: [H, W, 3].
+    target: [..., 3] style pixels.
+    key: PRNG key.
+    num_directions: directions in colour space (0: DEFAULT_COLOR_DIRECTIONS).
+  """
+  dirs = random_directions(key, 3, num_directions or DEFAULT_COLOR_DIRECTIONS)
+  return _sliced_wasserstein(_pixels(image), [_pixels(target)], None, dirs)
+
+
+# ----------------------------------------------------------------------------
+# Spatial control: masks (Gatys et al. 2017, "Controlling Perceptual Factors").
+
+
+def check_masks(masks, *, count: int, shape: tuple[int, int] | None = None,
+                name: str = 'masks', coverage: bool = True) -> np.ndarray:
+  """Validates region masks on the host; returns them as [R, H, W] float32.
+
+  Args:
+    masks: [R, H, W] array or a sequence of R [H, W] arrays, values in [0, 1].
+    count: the number of regions required (one per style image).
+    shape: (H, W) every mask must have (the image's), or None.
+    name: the argument's name, used in every message.
+    coverage: require every pixel to be covered: the masks must sum to at
+      least 0.5 at each pixel (content masks; a style mask may pick a part).
+  Raises:
+    ValueError: naming ``name`` and the mask, for a wrong count, shape, a
+      value outside [0, 1] or non-finite, an empty mask, or an uncovered pixel.
+  """
+  arrays = [np.asarray(m, np.float32) for m in masks]
+  if len(arrays) != count:
+    raise ValueError(f'{name}: {len(arrays)} mask(s) for {count} style image(s); give one '
+                     'mask per style image, in the same order')
+  for i, m in enumerate(arrays):
+    what = f'{name}: mask {i + 1}'
+    if m.ndim != 2:
+      raise ValueError(f'{what} must be a 2-D [H, W] array, got shape {m.shape}')
+    if shape is not None and m.shape != tuple(shape):
+      raise ValueError(f'{what} is {m.shape[1]}x{m.shape[0]} px but the image is '
+                       f'{shape[1]}x{shape[0]}; masks must match the image size')
+    if not np.all(np.isfinite(m)):
+      raise ValueError(f'{what} has values outside [0, 1] (NaN or infinite); masks hold '
+                       'weights in [0, 1] (white = in the region)')
+    if m.min() < 0 or m.max() > 1:
+      raise ValueError(f'{what} has values outside [0, 1] (min {m.min():.3g}, max '
+                       f'{m.max():.3g}); scale it to [0, 1] (white = in the region)')
+    if not m.any():
+      raise ValueError(f'{what} is empty (all zero); every region needs some pixels')
+  if arrays and len({m.shape for m in arrays}) > 1:
+    raise ValueError(f'{name}: the masks differ in size '
+                     f'({", ".join(f"{m.shape[1]}x{m.shape[0]}" for m in arrays)})')
+  stacked = np.stack(arrays) if arrays else np.zeros((0, 0, 0), np.float32)
+  if coverage and arrays:
+    uncovered = np.argwhere(stacked.sum(0) < 0.5)
+    if len(uncovered):
+      y, x = uncovered[0]
+      raise ValueError(f'{name}: {len(uncovered)} pixel(s) belong to no mask (the masks sum to '
+                       f'less than 0.5 there, e.g. at row {y}, column {x}); the masks must '
+                       'cover the whole image')
+  return stacked
+
+
+def _pools_before(layer: str) -> int:
+  names = vgg_layers.LAYER_NAMES
+  return sum(1 for p in names[:names.index(layer)] if p.startswith('pool'))
+
+
+def mask_pyramid(masks: Array, layers: Sequence[str]) -> dict[str, Array]:
+  """Masks resized to each layer's grid by 2x2 averaging at every pooling.
+
+  The crop of odd rows and columns follows the network's own pooling, so each
+  mask has exactly its layer's height and width.
+
+  Args:
+    masks: [R, H, W] on the input grid.
+    layers: VGG19 layer names.
+  Returns:
+    ``{layer: [R, h, w]}``.
+  """
+  m = jnp.transpose(jnp.asarray(masks, jnp.float32), (1, 2, 0))[None]
+  levels = [m]
+  out = {}
+  for layer in layers:
+    k = _pools_before(layer)
+    while len(levels) <= k:
+      levels.append(vgg.pool2x2(levels[-1], 'avg'))
+    out[layer] = jnp.transpose(levels[k][0], (2, 0, 1))
+  return out
+
+
+def guided_gram(features: Array, masks: Array) -> Array:
+  """Gram matrix of each masked region, normalised by its channels x mass.
+
+  Args:
+    features: [H, W, C].
+    masks: [R, H, W] weights in [0, 1] on the same grid.
+  Returns:
+    [R, C, C] with ``G_r = F^T diag(m_r) F / (C * sum(m_r))``; with one
+    all-ones mask this is ``gram(features)``.
+  """
+  f = _pixels(features)
+  m = masks.reshape(masks.shape[0], -1).astype(jnp.float32)
+  mass = jnp.maximum(jnp.sum(m, axis=-1), 1e-30)
+  return jnp.einsum('rn,nc,nd->rcd', m, f, f) / (f.shape[-1] * mass)[:, None, None]
+
+
+def guided_style_loss(features: Array, masks: Array, target_grams: Array) -> Array:
+  """Sum over regions of the Gram loss of each masked region (Gatys et al. 2017).
+
+  Args:
+    features: [H, W, C].
+    masks: [R, H, W] on the features' grid.
+    target_grams: [R, C, C], region r's style Gram matrix.
+  """
+  g = guided_gram(features, masks)
+  return jnp.sum(jnp.mean(jnp.square(g - target_grams), axis=(-2, -1)))
+
+
+def guided_sliced_wasserstein_loss(features: Array, masks: Array, targets: Sequence[Array],
+                                   key: Array, num_directions: int = 0,
+                                   target_weights: Sequence[Array] | None = None) -> Array:
+  """Sum over regions of the sliced Wasserstein loss of each masked region.
+
+  Region r of the output (pixels weighted by ``masks[r]``) is compared with
+  ``targets[r]`` (weighted by ``target_weights[r]``, a style mask, if given),
+  in the same random directions for every region.
+
+  Args:
+    features: [H, W, C].
+    masks: [R, H, W] on the features' grid.
+    targets: R arrays [..., C] of style features.
+    key: PRNG key.
+    num_directions: as ``sliced_wasserstein_loss``.
+    target_weights: optional R arrays with the targets' pixel shape.
+  """
+  c = features.shape[-1]
+  dirs = random_directions(key, c, num_directions or min(c, DEFAULT_SW_DIRECTIONS))
+  x = _pixels(features)  # One set of directions for every region.
+  tw = target_weights or [None] * len(targets)
+  return sum(_sliced_wasserstein(x, [_pixels(t)], None, dirs, masks[r].reshape(-1),
+                                 [None if tw[r] is None else tw[r].reshape(-1)])
+             for r, t in enumerate(targets))
+
+
+def guided_mean_std_loss(features: Array, masks: Array,
+                         target: tuple[Array, Array]) -> Array:
+  """Sum over regions of ``mean_std_loss`` with pixel-weighted moments.
+
+  Args:
+    features: [H, W, C].
+    masks: [R, H, W].
+    target: (means [R, C], stds [R, C]).
+  """
+  total = 0.0
+  for r in range(masks.shape[0]):
+    mean, std = moments(features, masks[r])
+    total = total + (jnp.mean(jnp.square(mean - target[0][r]))
+                     + jnp.mean(jnp.square(std - target[1][r])))
+  return total
+
+
+# ----------------------------------------------------------------------------
+# The objective.
+
+
 def make_targets(params, content: Array, styles: Sequence[Array],
-                 blend_weights: Sequence[float] | Array, spec: LossSpec) -> dict:
+                 blend_weights: Sequence[float] | Array, spec: LossSpec,
+                 content_masks: Array | None = None,
+                 style_masks: Sequence[Array] | None = None) -> dict:
   """Computes the optimisation targets once.
 
   Args:
     params: VGG19 parameters.
     content: [H, W, 3] preprocessed content image.
     styles: list of [Hs, Ws, 3] preprocessed style images (sizes may differ).
-    blend_weights: one weight per style image.
+    blend_weights: one weight per style image (ignored with masks).
     spec: the objective's layers and network settings.
+    content_masks: optional [R, H, W] region masks of the output, one per
+      style image (spatial control: region r takes style r). Validate them
+      first with ``check_masks``.
+    style_masks: optional R masks [Hs_r, Ws_r]: the part of style image r
+      to use (default: all of it).
   Returns:
-    ``{'content': {layer: [h, w, C]}, 'style': {layer: [C, C]}}``.
+    ``{'content': {layer: [h, w, C]}, 'style': {layer: [C, C]}}`` for the
+    default spec; other kinds add ``'sw'`` (style features per layer),
+    ``'mean_std'``, ``'color'`` (style pixels) and ``'blend'``; masks add
+    ``'masks'`` (per layer, and ``'image'``) and ``'style_weights'``.
   """
   content_feats = spec.features(params, content[None])
   content_t = {l: content_feats[l][0] for l in spec.content_layers}
-  if not spec.style_layers:
-    return {'content': content_t, 'style': {}}
-  grams = []
-  for style in styles:
-    feats = vgg.features(params, style[None], spec.style_layers, pooling=spec.pooling,
-                         compute_dtype=None if spec.compute_dtype is None
-                         else jnp.dtype(spec.compute_dtype))
-    grams.append({l: gram(feats[l][0]) for l in spec.style_layers})
-  return {'content': content_t, 'style': blend_grams(grams, blend_weights)}
+  kinds = spec.style_losses
+  guided = content_masks is not None
+  if not guided and kinds == ('gram',) and not spec.color_loss:  # The original objective.
+    if not spec.style_layers:
+      return {'content': content_t, 'style': {}}
+    grams = []
+    for style in styles:
+      feats = vgg.features(params, style[None], spec.style_layers, pooling=spec.pooling,
+                           compute_dtype=None if spec.compute_dtype is None
+                           else jnp.dtype(spec.compute_dtype))
+      grams.append({l: gram(feats[l][0]) for l in spec.style_layers})
+    return {'content': content_t, 'style': blend_grams(grams, blend_weights)}
+
+  dtype = None if spec.compute_dtype is None else jnp.dtype(spec.compute_dtype)
+  feats = [{l: f[0] for l, f in vgg.features(params, s[None], spec.style_layers,
+                                              pooling=spec.pooling,
+                                              compute_dtype=dtype).items()}
+           if spec.style_layers else {} for s in styles]
+  out = {'content': content_t}
+  if guided:
+    if content_masks.shape[0] != len(styles):
+      raise ValueError(f'content_masks: {content_masks.shape[0]} masks for {len(styles)} '
+                       'style images; give one mask per style image')
+    if tuple(content_masks.shape[1:]) != tuple(content.shape[:2]):
+      raise ValueError(f'content_masks are {content_masks.shape[2]}x{content_masks.shape[1]} '
+                       f'px but the content is {content.shape[1]}x{content.shape[0]}')
+    if style_masks is not None and len(style_masks) != len(styles):
+      raise ValueError(f'style_masks: {len(style_masks)} masks for {len(styles)} style images')
+    out['masks'] = {**mask_pyramid(content_masks, spec.style_layers), 'image': content_masks}
+    sm = None
+    if style_masks is not None:
+      sm = [{**mask_pyramid(m[None], spec.style_layers), 'image': m[None]} for m in style_masks]
+      out['style_weights'] = {l: tuple(s[l][0] for s in sm)
+                              for l in (*spec.style_layers, 'image')}
+    region_w = lambda r, l: None if sm is None else sm[r][l][0]
+    if 'gram' in kinds:
+      out['style'] = {l: jnp.stack([
+          gram(f[l]) if sm is None else guided_gram(f[l], sm[r][l])[0]
+          for r, f in enumerate(feats)]) for l in spec.style_layers}
+    if 'mean_std' in kinds:
+      out['mean_std'] = {l: tuple(jnp.stack(a) for a in zip(*[
+          moments(f[l], region_w(r, l)) for r, f in enumerate(feats)]))
+          for l in spec.style_layers}
+  else:
+    w = jnp.asarray(blend_weights, jnp.float32)
+    out['blend'] = w / jnp.sum(w)
+    if 'gram' in kinds:
+      out['style'] = blend_grams([{l: gram(f[l]) for l in spec.style_layers} for f in feats],
+                                 blend_weights)
+    if 'mean_std' in kinds:
+      stats = [{l: moments(f[l]) for l in spec.style_layers} for f in feats]
+      out['mean_std'] = {l: tuple(sum(out['blend'][i] * s[l][k] for i, s in enumerate(stats))
+                                  for k in (0, 1)) for l in spec.style_layers}
+  if 'sw' in kinds:
+    out['sw'] = {l: tuple(_pixels(f[l]) for f in feats) for l in spec.style_layers}
+  if spec.color_loss:
+    out['color'] = tuple(_pixels(s.astype(jnp.float32)) for s in styles)
+  return out
 
 
 def default_loss_weights(spec: LossSpec, content_weight: float = 5.0,
                          style_weight: float = 100.0, tv_weight: float = 1e-3,
                          style_layer_weights: Sequence[float] | None = None,
-                         content_layer_weights: Sequence[float] | None = None) -> dict:
+                         content_layer_weights: Sequence[float] | None = None,
+                         style_loss_weights: Mapping[str, float] | Sequence | None = None,
+                         color_weight: float = 0.0) -> dict:
   """Loss weights as a pytree: ``{'content': {layer: w}, 'style': {...}, 'tv': w}``.
 
   Each layer's weight is the global weight times its per-layer factor
   (1 by default), as in the reference, which gives every style layer the full
-  ``style_weight``.
+  ``style_weight``. ``style_loss_weights`` (e.g. ``parse_style_loss(...)``)
+  weighs the kinds in ``spec.style_losses`` (default 1 each); with more than
+  the Gram kind they are kept under ``'style_losses'``. ``color_weight``
+  (under ``'color'``) is used when ``spec.color_loss``.
   """
   sl = style_layer_weights or [1.0] * len(spec.style_layers)
   cl = content_layer_weights or [1.0] * len(spec.content_layers)
-  return {
+  kinds = dict(style_loss_weights or {})
+  missing = [k for k in spec.style_losses if k not in kinds]
+  extra = [k for k in kinds if k not in spec.style_losses]
+  if style_loss_weights is not None and (missing or extra):
+    raise ValueError(f'style_loss_weights names {sorted(kinds)} but spec.style_losses is '
+                     f'{spec.style_losses}')
+  kinds = {k: float(kinds.get(k, 1.0)) for k in spec.style_losses}
+  if spec.style_losses == ('gram',) and kinds['gram'] != 1.0:
+    style_weight = style_weight * kinds['gram']  # One kind: its weight scales style_weight.
+  out = {
       'content': {l: jnp.float32(content_weight * f) for l, f in zip(spec.content_layers, cl)},
       'style': {l: jnp.float32(style_weight * f) for l, f in zip(spec.style_layers, sl)},
       'tv': jnp.float32(tv_weight),
   }
+  if spec.style_losses != ('gram',):
+    out['style_losses'] = {k: jnp.float32(w) for k, w in kinds.items()}
+  if spec.color_loss:
+    out['color'] = jnp.float32(color_weight)
+  return out
 
 
 def total_loss(image: Array, params, targets: Mapping, loss_weights: Mapping,
-               spec: LossSpec) -> tuple[Array, dict[str, Array]]:
+               spec: LossSpec, key: Array | None = None) -> tuple[Array, dict[str, Array]]:
   """The full objective for one image.
 
   Args:
@@ -181,10 +672,14 @@ def total_loss(image: Array, params, targets: Mapping, loss_weights: Mapping,
     targets: from ``make_targets``.
     loss_weights: from ``default_loss_weights`` (a pytree of scalars).
     spec: static settings.
+    key: PRNG key for the random projections; required when
+      ``spec.needs_key`` (draw a fresh one each iteration).
   Returns:
     ``(total, terms)``; ``terms`` holds every weighted part:
     ``content/<layer>``, ``style/<layer>``, ``tv``, and the sums ``content``
-    and ``style``.
+    and ``style``. With other style kinds also ``style/<kind>/<layer>`` and
+    ``style/<kind>`` (``style/<layer>`` is then the layer's sum over kinds),
+    and ``color`` with the colour term (included in the total).
   """
   feats = spec.features(params, image[None])
   terms = {}
@@ -199,11 +694,61 @@ def total_loss(image: Array, params, targets: Mapping, loss_weights: Mapping,
   for layer in spec.content_layers:
     terms[f'content/{layer}'] = weighted('content', layer, content_loss,
                                          targets['content'][layer])
-  for layer in spec.style_layers:
-    terms[f'style/{layer}'] = weighted('style', layer, style_loss, targets['style'][layer])
+  kinds = spec.style_losses
+  guided = 'masks' in targets
+  if kinds == ('gram',) and not guided:  # The original objective, unchanged.
+    for layer in spec.style_layers:
+      terms[f'style/{layer}'] = weighted('style', layer, style_loss, targets['style'][layer])
+  else:
+    if spec.needs_key and key is None:
+      raise ValueError(f'key: total_loss needs a PRNG key for {spec.style_losses} '
+                       f'(color_loss={spec.color_loss}); pass a fresh key each iteration')
+    kind_w = loss_weights.get('style_losses')
+    for li, layer in enumerate(spec.style_layers):
+      w = loss_weights['style'][layer]
+      f = feats[layer][0]
+      if spec.normalize_gradients:
+        f = _normalize_grad(f, w if kind_w is None else w * sum(kind_w.values()))
+      m = targets['masks'][layer] if guided else None
+      sw_w = targets.get('style_weights', {}).get(layer)
+      layer_key = None if key is None else jax.random.fold_in(key, li)
+      for kind in kinds:
+        if kind == 'gram':
+          value = (guided_style_loss(f, m, targets['style'][layer]) if guided
+                   else style_loss(f, targets['style'][layer]))
+        elif kind == 'mean_std':
+          value = (guided_mean_std_loss(f, m, targets['mean_std'][layer]) if guided
+                   else mean_std_loss(f, targets['mean_std'][layer]))
+        else:  # sw
+          styles = targets['sw'][layer]
+          if guided:
+            value = guided_sliced_wasserstein_loss(f, m, styles, layer_key,
+                                                   spec.directions(f.shape[-1]), sw_w)
+          else:
+            dirs = random_directions(layer_key, f.shape[-1], spec.directions(f.shape[-1]))
+            value = _sliced_wasserstein(_pixels(f), styles, targets['blend'], dirs)
+        scale = w if kind_w is None else w * kind_w[kind]
+        terms[f'style/{kind}/{layer}'] = scale * value
+      terms[f'style/{layer}'] = sum(terms[f'style/{k}/{layer}'] for k in kinds)
+    zero = jnp.zeros((), jnp.float32)
+    for kind in kinds:
+      terms[f'style/{kind}'] = sum((terms[f'style/{kind}/{l}'] for l in spec.style_layers), zero)
   terms['tv'] = loss_weights['tv'] * tv_loss(image.astype(jnp.float32))
   zero = jnp.zeros((), jnp.float32)
   terms['content'] = sum((terms[f'content/{l}'] for l in spec.content_layers), zero)
   terms['style'] = sum((terms[f'style/{l}'] for l in spec.style_layers), zero)
   total = terms['content'] + terms['style'] + terms['tv']
+  if spec.color_loss:
+    color_key = jax.random.fold_in(key, len(spec.style_layers))
+    x = image.astype(jnp.float32)
+    nd = spec.color_directions or DEFAULT_COLOR_DIRECTIONS
+    if guided:
+      cw = targets.get('style_weights', {}).get('image')
+      value = guided_sliced_wasserstein_loss(x, targets['masks']['image'], targets['color'],
+                                             color_key, nd, cw)
+    else:
+      dirs = random_directions(color_key, 3, nd)
+      value = _sliced_wasserstein(_pixels(x), targets['color'], targets['blend'], dirs)
+    terms['color'] = loss_weights['color'] * value
+    total = total + terms['color']
   return total, terms
