@@ -226,29 +226,38 @@ def _ort_transform(session, image, vector):
   return out[0, :h, :w]
 
 
-def test_transformer_matches_float_graph_and_int8(arbitrary_params, sessions):
+def test_transformer_matches_float_graph(arbitrary_params, sessions):
   # 382x382: our network pads to 384 itself, which the fixed graph is fed by hand.
-  predictor, transformer = arbitrary_params
+  _, transformer = arbitrary_params
   rng = np.random.default_rng(5)
   content = _photo('golden_gate.jpg', 382, 382, rng)
-  styles = _style_images(rng)
-  vec_float = sessions['predict_float'].run(None, {'style_image': styles[:1]})[0]
-  ref = _ort_transform(sessions['transform_float'], content, vec_float)
-  ours = np.asarray(_transform(transformer, content[None], vec_float.reshape(1, 100)))[0]
+  vec = sessions['predict_float'].run(None, {'style_image': _style_images(rng)[:1]})[0]
+  ref = _ort_transform(sessions['transform_float'], content, vec)
+  ours = np.asarray(_transform(transformer, content[None], vec.reshape(1, 100)))[0]
   err = float(np.abs(ours - ref).max())
   print(f'style transformer 382x382: max |d| vs float graph = {err:.2e}')
   assert err <= TOL
 
-  # The whole pipeline against the int8 graphs as shipped.
-  vec_q = sessions['predict'].run(None, {'style_image': styles[:1]})[0]
-  shipped = _ort_transform(sessions['transform'], content, vec_q)
-  ours_vec = np.asarray(_predict(predictor, styles))[:1]  # Compiled for 2 already.
-  full = np.asarray(_transform(transformer, content[None], ours_vec))[0]
-  same_vec = np.asarray(_transform(transformer, content[None], vec_q.reshape(1, 100)))[0]
-  mean = float(np.abs(full - shipped).mean())
-  print(f'arbitrary pair vs int8 graphs: mean |d| = {mean:.4f}, max {np.abs(full - shipped).max():.3f} '
-        f'(transformer alone, same style vector: mean {np.abs(same_vec - shipped).mean():.4f})')
-  assert mean <= INT8_MEAN_TOL
+
+def test_pipeline_vs_int8_graphs(arbitrary_params, sessions):
+  # Photographs only: on synthetic images the int8 activations are further off.
+  for name in ('golden_gate.jpg', 'starry_night.jpg', 'the_scream.jpg'):
+    _real(name)
+  predictor, transformer = arbitrary_params
+  rng = np.random.default_rng(5)
+  content = _photo('golden_gate.jpg', 382, 382, rng)
+  styles = _style_images(rng)
+  ours_vecs = np.asarray(_predict(predictor, styles))  # Compiled for 2 already.
+  for i, style_name in enumerate(('starry_night', 'the_scream')):
+    vec_q = sessions['predict'].run(None, {'style_image': styles[i:i + 1]})[0]
+    shipped = _ort_transform(sessions['transform'], content, vec_q)
+    full = np.asarray(_transform(transformer, content[None], ours_vecs[i:i + 1]))[0]
+    same_vec = np.asarray(_transform(transformer, content[None], vec_q.reshape(1, 100)))[0]
+    mean = float(np.abs(full - shipped).mean())
+    print(f'arbitrary pair vs int8 graphs (golden_gate, {style_name}): mean |d| = {mean:.4f}, '
+          f'max {np.abs(full - shipped).max():.3f} (transformer alone, same style vector: '
+          f'mean {np.abs(same_vec - shipped).mean():.4f})')
+    assert mean <= INT8_MEAN_TOL, style_name
 
 
 def test_transformer_batch_and_vmap(arbitrary_params):
