@@ -35,7 +35,8 @@ Options common to both:
   activations in bfloat16, instance-norm statistics in float32; for GPUs and
   TPUs, where it is about twice as fast).
 
-Every argument error is a `RealtimeError` (a ValueError) naming the argument.
+Every argument error is a `RealtimeError` (a ValueError) whose message names
+the argument in backticks (`strength`), which scripts show as their flag.
 """
 
 from __future__ import annotations
@@ -69,9 +70,9 @@ class RealtimeError(ValueError):
 def check_strength(strength) -> float:
   """``strength`` as a float in [0, 1], or a RealtimeError."""
   if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
-    raise RealtimeError(f'strength must be a number in [0, 1], got {strength!r}')
+    raise RealtimeError(f'`strength` must be a number in [0, 1], got {strength!r}')
   if not 0.0 <= float(strength) <= 1.0:  # Also refuses NaN.
-    raise RealtimeError(f'strength must be in [0, 1] (0: the photo, 1: full style), '
+    raise RealtimeError(f'`strength` must be in [0, 1] (0: the photo, 1: full style), '
                         f'got {strength}')
   return float(strength)
 
@@ -80,7 +81,7 @@ def check_precision(precision: str):
   """The compute dtype for ``precision`` ('float32' or 'bfloat16')."""
   import jax.numpy as jnp
   if precision not in PRECISIONS:
-    raise RealtimeError(f'precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+    raise RealtimeError(f'`precision` must be one of {", ".join(PRECISIONS)}, got {precision!r}')
   return jnp.bfloat16 if precision == 'bfloat16' else jnp.float32
 
 
@@ -96,34 +97,34 @@ def check_images(images, name: str = 'images') -> tuple[np.ndarray, bool]:
   if single:
     array = array[None]
   if array.ndim != 4 or array.shape[-1] != 3 or array.shape[0] == 0:
-    raise RealtimeError(f'{name} must be an RGB image [H, W, 3] or a batch [B, H, W, 3], '
+    raise RealtimeError(f'`{name}` must be an RGB image [H, W, 3] or a batch [B, H, W, 3], '
                         f'got shape {np.shape(images)}')
   if min(array.shape[1:3]) < MIN_SIDE:
-    raise RealtimeError(f'{name} of {array.shape[1]}x{array.shape[2]} pixels are too small; '
+    raise RealtimeError(f'`{name}` of {array.shape[1]}x{array.shape[2]} pixels are too small; '
                         f'the networks need at least {MIN_SIDE} pixels per side')
   if not np.issubdtype(array.dtype, np.floating):
-    raise RealtimeError(f'{name} must be floats in [0, 1], got dtype {array.dtype} '
+    raise RealtimeError(f'`{name}` must be floats in [0, 1], got dtype {array.dtype} '
                         '(divide 8-bit images by 255)')
   array = array.astype(np.float32, copy=False)
   if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
-    raise RealtimeError(f'{name} must be finite values in [0, 1]')
+    raise RealtimeError(f'`{name}` must be finite values in [0, 1]')
   return array, single
 
 
 def _check_batch_size(batch_size) -> int:
   if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
       or batch_size < 1:
-    raise RealtimeError(f'batch_size must be a positive integer, got {batch_size!r}')
+    raise RealtimeError(f'`batch_size` must be a positive integer, got {batch_size!r}')
   return int(batch_size)
 
 
 def _normalised(weights: np.ndarray, name: str) -> np.ndarray:
   if not np.isfinite(weights).all() or (weights < 0).any():
-    raise RealtimeError(f'{name}: weights must be finite and non-negative, got '
+    raise RealtimeError(f'`{name}`: weights must be finite and non-negative, got '
                         f'{np.round(weights, 4).tolist()}')
   total = weights.sum(axis=-1, keepdims=True)
   if (total <= 0).any():
-    raise RealtimeError(f'{name}: the weights sum to 0; give at least one positive weight')
+    raise RealtimeError(f'`{name}`: the weights sum to 0; give at least one positive weight')
   return (weights / total).astype(np.float32)
 
 
@@ -144,9 +145,9 @@ def builtin_style_weights(style, num_styles: int = 26) -> np.ndarray:
   """
   def index(i):
     if isinstance(i, bool) or not isinstance(i, numbers.Integral):
-      raise RealtimeError(f'style: a style index must be an integer, got {i!r}')
+      raise RealtimeError(f'`style`: a style index must be an integer, got {i!r}')
     if not 0 <= i < num_styles:
-      raise RealtimeError(f'style: index {i} is out of range; the built-in styles are '
+      raise RealtimeError(f'`style`: index {i} is out of range; the built-in styles are '
                           f'0 to {num_styles - 1}')
     return int(i)
 
@@ -162,15 +163,15 @@ def builtin_style_weights(style, num_styles: int = 26) -> np.ndarray:
   else:
     weights = np.asarray(style, np.float64) if not isinstance(style, str) else None
     if weights is None or weights.ndim not in (1, 2) or weights.shape[-1] != num_styles:
-      raise RealtimeError(f'style must be an index, a mapping index -> weight, or '
+      raise RealtimeError(f'`style` must be an index, a mapping index -> weight, or '
                           f'{num_styles} weights; got {style!r}')
     return _normalised(weights, 'style')
   if not pairs:
-    raise RealtimeError('style: the blend is empty; give at least one style index')
+    raise RealtimeError('`style`: the blend is empty; give at least one style index')
   weights = np.zeros(num_styles, np.float64)
   for i, w in pairs:
     if isinstance(w, bool) or not isinstance(w, numbers.Real) or not 0 <= w < float('inf'):
-      raise RealtimeError(f'style: the weight of style {i} must be a finite number >= 0, '
+      raise RealtimeError(f'`style`: the weight of style {i} must be a finite number >= 0, '
                           f'got {w!r}')
     weights[index(i)] += float(w)
   return _normalised(weights, 'style')
@@ -265,11 +266,11 @@ def stylize_builtin(params: Mapping, images, style=0, *, strength: float = 1.0,
   try:
     cin_net.check_params(params)
   except ValueError as e:
-    raise RealtimeError(f'params: {e}') from None
+    raise RealtimeError(f'`params`: {e}') from None
   batch, single = check_images(images)
   weights = builtin_style_weights(style, cin_net.num_styles_of(params))
   if weights.ndim == 2 and weights.shape[0] != batch.shape[0]:
-    raise RealtimeError(f'style has {weights.shape[0]} rows of weights for '
+    raise RealtimeError(f'`style` has {weights.shape[0]} rows of weights for '
                         f'{batch.shape[0]} images; give one row per image')
   weights = np.broadcast_to(weights, (batch.shape[0], weights.shape[-1]))
   strength = check_strength(strength)
@@ -307,7 +308,7 @@ def style_sheet(params: Mapping, image, *, columns: int = 7, precision: str = 'f
   from nst_jax import sheet
   batch, single = check_images(image, 'image')
   if not single and batch.shape[0] != 1:
-    raise RealtimeError(f'image must be one image [H, W, 3], got shape {np.shape(image)}')
+    raise RealtimeError(f'`image` must be one image [H, W, 3], got shape {np.shape(image)}')
   n = cin_net.num_styles_of(params)
   outputs = stylize_builtin(params, np.repeat(batch, n, axis=0), np.eye(n, dtype=np.float32),
                             precision=precision, batch_size=batch_size)
@@ -384,7 +385,7 @@ def style_vector(predictor_params: Mapping, style_images: Sequence, blend_weight
     style_images = [style_images]
   style_images = list(style_images)
   if not style_images:
-    raise RealtimeError('style_images is empty; give at least one style image')
+    raise RealtimeError('`style_images` is empty; give at least one style image')
   crops = np.stack([predictor_input(check_images(s, f'style_images[{k}]')[0][0])
                     for k, s in enumerate(style_images)])
   if blend_weights is None:
@@ -392,7 +393,7 @@ def style_vector(predictor_params: Mapping, style_images: Sequence, blend_weight
   else:
     weights = np.asarray(blend_weights, np.float64)
     if weights.shape != (len(style_images),):
-      raise RealtimeError(f'blend_weights has {weights.size} values for {len(style_images)} '
+      raise RealtimeError(f'`blend_weights` has {weights.size} values for {len(style_images)} '
                           'style images; give one weight per style image')
     weights = _normalised(weights, 'blend_weights')
   vectors = _predict(predictor_params, crops, precision, DEFAULT_BATCH_SIZE)
@@ -433,10 +434,10 @@ def stylize_arbitrary(predictor_params: Mapping, transformer_params: Mapping, im
   dim = np.shape(transformer_params['res.0.0.gamma.kernel'])[0]
   if vectors.ndim not in (1, 2) or vectors.shape[-1] != dim or (
       vectors.ndim == 2 and vectors.shape[0] != batch.shape[0]):
-    raise RealtimeError(f'style_vector must be [{dim}] or [{batch.shape[0]}, {dim}] (one per '
+    raise RealtimeError(f'`style_vector` must be [{dim}] or [{batch.shape[0]}, {dim}] (one per '
                         f'image), got shape {vectors.shape}')
   if not np.isfinite(vectors).all():
-    raise RealtimeError('style_vector has NaN or infinite values')
+    raise RealtimeError('`style_vector` has NaN or infinite values')
   vectors = np.broadcast_to(vectors, (batch.shape[0], dim))
   if strength < 1.0:
     own = _predict(predictor_params, np.stack([predictor_input(x) for x in batch]), precision,

@@ -40,7 +40,7 @@ FAILED = (180, 20, 20)
 ELLIPSIS = '…'
 # Wrapping prefers to break after these, so "starry_night+the_scream" splits
 # at a word boundary rather than in the middle of a word.
-_BREAK_AFTER = ' -_+@,./'
+_BREAK_AFTER = ' -_+@,/'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +116,9 @@ def shorten_middle(text: str, keep: int) -> str:
 def fit_text(text: str, font, width: int, max_lines: int) -> list[str]:
   """Wraps ``text`` into at most ``max_lines`` lines of at most ``width`` px.
 
-  Text that does not fit is shortened in the middle (`shorten_middle`), as
-  little as needed.
+  Text that does not fit keeps its first ``max_lines - 1`` lines as wrapped;
+  the last line holds the rest, shortened in the middle (`shorten_middle`) as
+  little as needed, so both the start and the end of a long name show.
 
   Args:
     text: the label; newlines are treated as spaces.
@@ -133,14 +134,20 @@ def fit_text(text: str, font, width: int, max_lines: int) -> list[str]:
   lines = _wrap(text, font, width)
   if len(lines) <= max_lines:
     return lines
-  lo, hi = 0, len(text) - 1  # Largest `keep` whose shortened text fits.
+  # The first lines as wrapped; the last holds the rest, shortened in the
+  # middle, so that both the start and the end of the name stay readable.
+  head, pos = lines[:max_lines - 1], 0
+  for line in head:
+    pos = text.index(line, pos) + len(line)
+  rest = text[pos:].strip()
+  lo, hi = 0, len(rest) - 1  # Largest `keep` whose shortened rest fits on one line.
   while lo < hi:
     mid = (lo + hi + 1) // 2
-    if len(_wrap(shorten_middle(text, mid), font, width)) <= max_lines:
+    if _text_width(shorten_middle(rest, mid), font) <= width:
       lo = mid
     else:
       hi = mid - 1
-  return _wrap(shorten_middle(text, lo), font, width)[:max_lines]
+  return head + [shorten_middle(rest, lo)]
 
 
 def _to_pil(image: np.ndarray, fit: int | None) -> Image.Image:
@@ -152,12 +159,18 @@ def _to_pil(image: np.ndarray, fit: int | None) -> Image.Image:
   return Image.fromarray(np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8))
 
 
-def _draw_lines(draw, lines: Sequence[str], box: Box, font, fill, centre: bool) -> Box | None:
-  """Draws lines from the top of ``box`` (centred or left-aligned); returns their bbox."""
+def _draw_lines(draw, lines: Sequence[str], box: Box, font, fill, centre: bool,
+                bottom: bool = False) -> Box | None:
+  """Draws lines in ``box``: centred or left-aligned, from its top or ending at its bottom.
+
+  Returns the bounding box of the ink, or None for no lines.
+  """
   if not lines:
     return None
-  left, top, right, _ = box
+  left, top, right, box_bottom = box
   step = _line_height(font)
+  if bottom:  # A title sits just above its image, however many lines it has.
+    top = max(top, box_bottom - len(lines) * step)
   boxes = []
   for k, line in enumerate(lines):
     x = left + (right - left - _text_width(line, font)) // 2 if centre else left
@@ -233,7 +246,12 @@ def grid(row_images: Sequence[Cell], column_images: Sequence[Cell],
              for row in table]
   font = _font(font_size)
   failure_font = _font(max(8, font_size - 1))
-  band = title_lines * _line_height(font) + padding // 2
+  titles = {(0, c): fit_text(t, font, widths[c], title_lines)
+            for c, t in enumerate(column_labels, start=1)}
+  titles.update({(r, 0): fit_text(t, font, widths[0], title_lines)
+                 for r, t in enumerate(row_labels, start=1)})
+  # As tall as the longest title needs (one line at least, so rows align).
+  band = max([len(v) for v in titles.values()] + [1]) * _line_height(font) + padding // 2
   xs = np.cumsum([padding] + [w + padding for w in widths]).tolist()
   ys = np.cumsum([padding] + [band + h + padding for h in heights]).tolist()
   canvas = Image.new('RGB', (xs[-1], ys[-1]), BACKGROUND)
@@ -244,11 +262,10 @@ def grid(row_images: Sequence[Cell], column_images: Sequence[Cell],
       if r == 0 and c == 0:
         continue
       key = ('column', c - 1) if r == 0 else ('row', r - 1) if c == 0 else ('cell', r - 1, c - 1)
-      title = column_labels[c - 1] if r == 0 else row_labels[r - 1] if c == 0 else None
       x0, y0, w, h = xs[c], ys[r], widths[c], heights[r]
-      if title:
-        box = _draw_lines(draw, fit_text(title, font, w, title_lines),
-                          (x0, y0, x0 + w, y0 + band), font, TEXT, centre=True)
+      if titles.get((r, c)):
+        box = _draw_lines(draw, titles[(r, c)], (x0, y0, x0 + w, y0 + band), font, TEXT,
+                          centre=True, bottom=True)
         if box:
           text_boxes[key] = box
       top = y0 + band  # Images hang from their title band, centred across.
@@ -304,7 +321,8 @@ def tiles(images: Sequence[Cell], titles: Sequence[str] = (), *, columns: int = 
   box_w = max([w for w, _ in sizes] or [default])
   box_h = max([h for _, h in sizes] or [default])
   font = _font(font_size)
-  band = title_lines * _line_height(font) + padding // 2
+  fitted = [fit_text(t, font, box_w, title_lines) for t in titles]
+  band = max([len(lines) for lines in fitted] + [1]) * _line_height(font) + padding // 2
   columns = max(1, min(columns, len(images)))
   rows = -(-len(images) // columns)
   col_step, row_step = box_w + padding, band + box_h + padding
@@ -312,11 +330,11 @@ def tiles(images: Sequence[Cell], titles: Sequence[str] = (), *, columns: int = 
                      BACKGROUND)
   draw = ImageDraw.Draw(canvas)
   image_boxes, text_boxes = {}, {}
-  for k, (picture, title) in enumerate(zip(pictures, titles)):
+  for k, (picture, lines) in enumerate(zip(pictures, fitted)):
     r, c = divmod(k, columns)
     x0, y0 = padding + c * col_step, padding + r * row_step
-    box = _draw_lines(draw, fit_text(title, font, box_w, title_lines),
-                      (x0, y0, x0 + box_w, y0 + band), font, TEXT, centre=True)
+    box = _draw_lines(draw, lines, (x0, y0, x0 + box_w, y0 + band), font, TEXT, centre=True,
+                      bottom=True)
     if box:
       text_boxes[('tile', k)] = box
     if isinstance(picture, str):

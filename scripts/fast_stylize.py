@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import textwrap
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 
 from nst_jax import cli_support
 from nst_jax import config as config_lib
@@ -77,8 +79,7 @@ HELP_GROUPS = (
 DEFAULT_MAX_SIZE = 1024
 SHEET_TILE = 256
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif')
-# Messages of nst_jax.realtime start with the argument's name; the flag that
-# set it is what the user needs to read.
+# nst_jax.realtime names arguments in backticks; the user needs the flag that set it.
 _ARGUMENT_FLAGS = {'strength': 'strength', 'style': 'style', 'blend_weights':
                    'style_blend_weights', 'batch_size': 'batch_size', 'precision': 'precision'}
 
@@ -108,12 +109,10 @@ def _parse_flags(argv):
 
 
 def _as_flag_error(error: Exception) -> config_lib.ConfigError:
-  message = str(error)
-  for argument, flag in _ARGUMENT_FLAGS.items():
-    if message.startswith(argument) and not message[len(argument):][:1].isalnum() \
-        and message[len(argument):][:1] != '_':
-      return config_lib.ConfigError(f'--{flag}{message[len(argument):]}')
-  return config_lib.ConfigError(message)
+  """A library message with its `argument` names shown as the flags that set them."""
+  return config_lib.ConfigError(re.sub(
+      r'`([A-Za-z0-9_]+)`',
+      lambda m: f'--{_ARGUMENT_FLAGS[m[1]]}' if m[1] in _ARGUMENT_FLAGS else m[1], str(error)))
 
 
 def parse_style(text: str) -> dict[int, float]:
@@ -409,8 +408,15 @@ def _run_video(plan: _Plan, info, stylize) -> int:
   return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+  del category, filename, lineno, line
+  print(f'warning: {" ".join(str(message).split())}', file=file or sys.stderr, flush=True)
+
+
 def main(argv):
-  cli_support.show_warnings_on_one_line()
+  warnings.showwarning = _show_warning
+  if not FLAGS['verbosity'].present:  # absl log lines are debug detail.
+    absl_logging.set_verbosity(absl_logging.ERROR)
   if len(argv) > 1:
     return cli_support.fail(f'unexpected arguments {argv[1:]}; all options are --flags '
                             '(see --help)')
@@ -435,6 +441,7 @@ def _plain_library_messages() -> None:
   logger = logging.getLogger('nst_jax')
   logger.addHandler(handler)
   logger.propagate = False
+  logger.setLevel(logging.INFO)
 
 
 if __name__ == '__main__':

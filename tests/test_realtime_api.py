@@ -148,16 +148,16 @@ def test_style_sheet_has_every_style(cin_params):
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(style=26), r'^style: index 26 is out of range; the built-in styles are 0 to 25'),
-    (dict(style=-1), r'^style: index -1'),
-    (dict(style={}), r'^style: the blend is empty'),
-    (dict(style={3: -1.0}), r'^style: the weight of style 3'),
-    (dict(style={3: 0.0}), r'^style: the weights sum to 0'),
-    (dict(style=np.ones(25)), r'^style must be'),
-    (dict(style=1, strength=1.5), r'^strength must be in \[0, 1\]'),
-    (dict(style=1, strength=float('nan')), r'^strength must be in \[0, 1\]'),
-    (dict(style=1, precision='float16'), r'^precision must be one of'),
-    (dict(style=1, batch_size=0), r'^batch_size must be a positive integer'),
+    (dict(style=26), r'^`style`: index 26 is out of range; the built-in styles are 0 to 25'),
+    (dict(style=-1), r'^`style`: index -1'),
+    (dict(style={}), r'^`style`: the blend is empty'),
+    (dict(style={3: -1.0}), r'^`style`: the weight of style 3'),
+    (dict(style={3: 0.0}), r'^`style`: the weights sum to 0'),
+    (dict(style=np.ones(25)), r'^`style` must be'),
+    (dict(style=1, strength=1.5), r'^`strength` must be in \[0, 1\]'),
+    (dict(style=1, strength=float('nan')), r'^`strength` must be in \[0, 1\]'),
+    (dict(style=1, precision='float16'), r'^`precision` must be one of'),
+    (dict(style=1, batch_size=0), r'^`batch_size` must be a positive integer'),
 ])
 def test_bad_arguments_name_the_argument(cin_params, kwargs, message):
   style = kwargs.pop('style')
