@@ -55,10 +55,15 @@ Array = jax.Array
 # Style statistics the style term can match; aliases accepted by parse_style_loss.
 STYLE_LOSSES = ('gram', 'sw', 'mean_std')
 _STYLE_LOSS_ALIASES = {'sliced_wasserstein': 'sw', 'meanstd': 'mean_std', 'adain': 'mean_std'}
-# Random directions per layer for the sliced Wasserstein loss (at most one per
-# channel) and for the colour term; see docs/objectives.md for the choice.
-DEFAULT_SW_DIRECTIONS = 32
-DEFAULT_COLOR_DIRECTIONS = 8
+# Random directions for the sliced Wasserstein loss: by default one per
+# SW_CHANNELS_PER_DIRECTION channels of the layer (8 at relu1_1 ... 64 at
+# relu5_1). Sorting costs pixels x directions, and pixels fall 4x per block
+# while channels double, so the deep layers, where a style's structure lives,
+# get the most directions and relu1_1, with the most pixels, the fewest; the
+# sorts then cost ~15 sorts of the image's pixel count, which keeps an
+# iteration within 1.3x of Gram (benchmarks/style_losses.py, docs/objectives.md).
+SW_CHANNELS_PER_DIRECTION = 8
+DEFAULT_COLOR_DIRECTIONS = 4
 # Inside the square root of the per-channel variance: dead ReLU channels have
 # zero variance, where the root's gradient would be infinite (AdaIN's epsilon).
 _STD_EPS = 1e-5
@@ -81,7 +86,7 @@ class LossSpec:
   # Kinds of style statistics matched at every style layer (STYLE_LOSSES);
   # their relative weights live in the loss weights.
   style_losses: tuple[str, ...] = ('gram',)
-  sw_directions: int = 0      # per layer; 0: min(channels, DEFAULT_SW_DIRECTIONS)
+  sw_directions: int = 0      # per layer (at most the channels); 0: channels // 8
   color_loss: bool = False    # add the colour-distribution term ('color')
   color_directions: int = 0   # 0: DEFAULT_COLOR_DIRECTIONS
 
@@ -104,7 +109,8 @@ class LossSpec:
 
   def directions(self, channels: int) -> int:
     """Number of sliced-Wasserstein directions at a layer with ``channels`` channels."""
-    return min(channels, self.sw_directions or DEFAULT_SW_DIRECTIONS)
+    return min(channels, self.sw_directions) if self.sw_directions else default_directions(
+        channels)
 
   def features(self, params, images: Array) -> dict[str, Array]:
     dtype = None if self.compute_dtype is None else jnp.dtype(self.compute_dtype)
@@ -227,6 +233,11 @@ def _pixels(features: Array) -> Array:
   return features.reshape(-1, features.shape[-1]).astype(jnp.float32)
 
 
+def default_directions(channels: int) -> int:
+  """Default sliced-Wasserstein directions for a layer: channels / 8, at least 1."""
+  return max(1, channels // SW_CHANNELS_PER_DIRECTION)
+
+
 def random_directions(key: Array, channels: int, num: int) -> Array:
   """``num`` random unit vectors in R^channels, uniform on the sphere.
 
@@ -327,12 +338,12 @@ def sliced_wasserstein_loss(features: Array, target: Array, key: Array,
     features: [..., C] (e.g. [H, W, C]); every leading axis is a pixel axis.
     target: [..., C] style features, any number of pixels.
     key: PRNG key; draw a fresh one each iteration.
-    num_directions: directions (0: ``min(C, DEFAULT_SW_DIRECTIONS)``).
+    num_directions: directions (0: ``default_directions(C)``, C / 8).
   Returns:
     Scalar ``mean_{d, i} (sort(F v_d)_i - Q_d(i))^2``.
   """
   c = features.shape[-1]
-  dirs = random_directions(key, c, num_directions or min(c, DEFAULT_SW_DIRECTIONS))
+  dirs = random_directions(key, c, num_directions or default_directions(c))
   return _sliced_wasserstein(_pixels(features), [_pixels(target)], None, dirs)
 
 
@@ -510,7 +521,7 @@ def guided_sliced_wasserstein_loss(features: Array, masks: Array, targets: Seque
     target_weights: optional R arrays with the targets' pixel shape.
   """
   c = features.shape[-1]
-  dirs = random_directions(key, c, num_directions or min(c, DEFAULT_SW_DIRECTIONS))
+  dirs = random_directions(key, c, num_directions or default_directions(c))
   x = _pixels(features)  # One set of directions for every region.
   tw = target_weights or [None] * len(targets)
   return sum(_sliced_wasserstein(x, [_pixels(t)], None, dirs, masks[r].reshape(-1),

@@ -148,11 +148,13 @@ def test_sliced_wasserstein_zero_for_same_set_and_permutation():
   for target in (f, shuffled):
     value = float(losses.sliced_wasserstein_loss(jnp.asarray(f), jnp.asarray(target), key))
     assert value <= 1e-10 * float(other), value
-  # Fresh directions each key; the default is min(C, DEFAULT_SW_DIRECTIONS).
-  a = losses.random_directions(jax.random.key(0), 32, losses.DEFAULT_SW_DIRECTIONS)
-  b = losses.random_directions(jax.random.key(1), 32, losses.DEFAULT_SW_DIRECTIONS)
-  assert a.shape == (32, min(32, losses.DEFAULT_SW_DIRECTIONS))
+  # Fresh directions each key; the default is one per 8 channels.
+  a = losses.random_directions(jax.random.key(0), 32, losses.default_directions(32))
+  b = losses.random_directions(jax.random.key(1), 32, losses.default_directions(32))
+  assert a.shape == (32, 4)
   assert not np.allclose(a, b)
+  assert [losses.LossSpec().directions(c) for c in (3, 64, 512)] == [1, 8, 64]
+  assert losses.LossSpec(sw_directions=100).directions(64) == 64
 
 
 def test_color_loss_is_sliced_wasserstein_on_pixels():
