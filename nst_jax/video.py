@@ -13,12 +13,15 @@ Errors about files are `VideoError` (a ValueError) naming the file.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import os
+import queue
 import re
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -261,6 +264,74 @@ class _Writer:
       os.unlink(self.tmp)
 
 
+def _frame_batches(src, height: int, width: int, batch_size: int
+                   ) -> Iterator[list[np.ndarray]]:
+  """Lists of up to ``batch_size`` frames of ``src``, resized to (height, width)."""
+  batch = []
+  for frame in read_frames(src):
+    if frame.shape[:2] != (height, width):
+      frame = image_io.resize_to(frame, height, width)
+    batch.append(frame)
+    if len(batch) == batch_size:
+      yield batch
+      batch = []
+  if batch:
+    yield batch
+
+
+class _Prefetch:
+  """Runs an iterator in a background thread, ``depth`` items ahead.
+
+  Iterating yields its items in order and re-raises its exception; ``close``
+  stops the thread (and closes the iterator) early.
+  """
+
+  _DONE = object()
+
+  def __init__(self, iterator: Iterator, depth: int = 2):
+    self._queue = queue.Queue(maxsize=depth)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._fill, args=(iterator,), daemon=True,
+                                    name='nst_jax_decode')
+    self._thread.start()
+
+  def _fill(self, iterator: Iterator) -> None:
+    try:
+      for item in iterator:
+        if not self._put(item):
+          break
+    except BaseException as e:  # pylint: disable=broad-except
+      self._put(e)
+      return
+    finally:
+      close = getattr(iterator, 'close', None)
+      if close:
+        close()
+    self._put(self._DONE)
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def __iter__(self):
+    while True:
+      item = self._queue.get()
+      if item is self._DONE:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+
+  def close(self) -> None:
+    self._stop.set()
+    self._thread.join()
+
+
 def _step_differences(frames: np.ndarray, previous: np.ndarray | None) -> float:
   """Sum over consecutive pairs (``previous`` first, if any) of mean |difference|."""
   if previous is not None:
@@ -304,7 +375,7 @@ def transform_video(src, dst, fn: Callable[[np.ndarray], np.ndarray], *,
   diff_in = diff_out = 0.0
   prev_in = prev_out = None
 
-  def flush(batch: list[np.ndarray]) -> None:
+  def flush(batch: list[np.ndarray]) -> np.ndarray:
     nonlocal frames_done, diff_in, diff_out, prev_in, prev_out
     n = len(batch)
     padded = np.stack(batch + [batch[-1]] * (batch_size - n))
@@ -316,22 +387,24 @@ def transform_video(src, dst, fn: Callable[[np.ndarray], np.ndarray], *,
     diff_in += _step_differences(frames_in, prev_in)
     diff_out += _step_differences(out, prev_out)
     prev_in, prev_out = frames_in[-1], out[-1]
-    writer.write(np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8))
     frames_done += n
     if progress:
       progress(frames_done, info.estimated_frames)
+    return np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
 
+  # Decoding (and resizing) runs one batch ahead in a thread, and encoding one
+  # batch behind in another, so that ffmpeg's pipes overlap the computation.
+  batches = _Prefetch(_frame_batches(src, height, width, batch_size))
+  encoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='nst_jax_encode')
+  pending = None
   try:
-    batch = []
-    for frame in read_frames(src):
-      if frame.shape[:2] != (height, width):
-        frame = image_io.resize_to(frame, height, width)
-      batch.append(frame)
-      if len(batch) == batch_size:
-        flush(batch)
-        batch = []
-    if batch:
-      flush(batch)
+    for batch in batches:
+      out = flush(batch)
+      if pending is not None:
+        pending.result()  # Raises the encoder's error, if any.
+      pending = encoder.submit(writer.write, out)
+    if pending is not None:
+      pending.result()
     if frames_done == 0:
       raise VideoError(f'video {_show(src)} has no frames that could be decoded; pass a '
                        'video file with a video stream')
@@ -343,6 +416,9 @@ def transform_video(src, dst, fn: Callable[[np.ndarray], np.ndarray], *,
   except BaseException:
     writer.abort()
     raise
+  finally:
+    batches.close()
+    encoder.shutdown(wait=True)
   flicker = diff_out / diff_in if frames_done > 1 and diff_in > 0 else None
   return VideoResult(frames=frames_done, fps=info.fps, width=width, height=height,
                      seconds=time.perf_counter() - t0, flicker=flicker,
