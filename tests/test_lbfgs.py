@@ -167,16 +167,18 @@ def test_bfloat16_history_is_the_two_loop_on_the_rounded_pairs():
   opt = lbfgs.scale_by_torch_lbfgs(history_size=4, learning_rate=0.5,
                                    history_dtype=jnp.bfloat16)
   x, state = _quadratic_run(opt, 7)
-  assert state.s_history.dtype == state.y_history.dtype == jnp.bfloat16
+  assert state.s_history.nbytes == state.y_history.nbytes == 4 * 32 * 2
   assert int(state.num_pairs) == 4 and int(state.head) == 2
   g = np.random.default_rng(1).standard_normal(32).astype(np.float32)
   frozen = state._replace(prev_step=jnp.zeros_like(state.prev_step))  # no new pair
   u, _ = opt.update(jnp.asarray(g), frozen)
-  want = 0.5 * _two_loop_np(g, np.asarray(state.s_history, np.float32),
-                            np.asarray(state.y_history, np.float32), [2, 3, 0, 1])
+  as_f32 = lambda bits: (np.asarray(bits, np.uint32) << 16).view(np.float32)  # bf16 bits
+  want = 0.5 * _two_loop_np(g, as_f32(state.s_history), as_f32(state.y_history), [2, 3, 0, 1])
   assert np.linalg.norm(np.asarray(u, np.float64) - want) <= 1e-5 * np.linalg.norm(want)
   x32, _ = _quadratic_run(lbfgs.scale_by_torch_lbfgs(history_size=4, learning_rate=0.5), 7)
   np.testing.assert_allclose(x, x32, rtol=2e-2)
+  with pytest.raises(ValueError, match='history_dtype'):
+    lbfgs.scale_by_torch_lbfgs(history_dtype=jnp.int8)
 
 
 def test_compact_representation_in_benchmark_matches():
