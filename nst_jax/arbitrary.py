@@ -253,12 +253,15 @@ def transform(params: Params, images: jax.Array, style_vectors: jax.Array, *,
   p = {k: jnp.asarray(v) for k, v in params.items()}
   x = pad_to_multiple(x, MULTIPLE)
 
-  # contract.0's full-resolution output stays in 2x2 blocks (see small_conv).
-  convs = (small_conv.conv_to_blocks, small_conv.strided_conv_from_blocks,
-           lambda x, kernel: small_conv.conv(x, kernel, 2))
-  for name, conv in zip(('contract.0', 'contract.1', 'contract.2'), convs):
-    x = conv(x, p[f'{name}.kernel']) + p[f'{name}.bias'].astype(x.dtype)
-    x = jax.nn.relu(x)
+  # contract.0's full-resolution output stays in 2x2 blocks, and its bias and
+  # ReLU are applied strip by strip as contract.1 reads it (see small_conv).
+  blocks = small_conv.conv_to_blocks(x, p['contract.0.kernel'])
+  bias = p['contract.0.bias']
+  x = small_conv.strided_conv_from_blocks(
+      blocks, p['contract.1.kernel'], relu_of=(jnp.zeros_like(bias), jnp.ones_like(bias), bias))
+  x = jax.nn.relu(x + p['contract.1.bias'].astype(x.dtype))
+  x = small_conv.conv(x, p['contract.2.kernel'], 2)
+  x = jax.nn.relu(x + p['contract.2.bias'].astype(x.dtype))
   for i in range(NUM_RESIDUAL):
     y = jax.nn.relu(_conv_cin(p, f'res.{i}.0', x, style))
     x = x + _conv_cin(p, f'res.{i}.1', y, style)

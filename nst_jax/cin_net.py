@@ -205,10 +205,13 @@ def apply(params: Params, images: jax.Array, style_weights: jax.Array, *,
   style_weights = jnp.broadcast_to(style_weights, (b, n))
   x = pad_to_multiple(images.astype(images.dtype if dtype is None else dtype))
 
-  # contract.0's full-resolution output stays in 2x2 blocks (see small_conv).
-  x = jax.nn.relu(_conv_cin(params, 'contract.0', x, style_weights, conv=small_conv.conv_to_blocks))
-  x = jax.nn.relu(_conv_cin(params, 'contract.1', x, style_weights,
-                            conv=small_conv.strided_conv_from_blocks))
+  # contract.0's full-resolution output stays in 2x2 blocks, and its CIN and
+  # ReLU are applied strip by strip as contract.1 reads it (see small_conv).
+  blocks = small_conv.conv_to_blocks(x, jnp.asarray(params['contract.0.kernel']))
+  norm = small_conv.instance_norm_terms(
+      blocks, *_style_params(params, 'contract.0', style_weights), EPS)
+  x = jax.nn.relu(_conv_cin(params, 'contract.1', blocks, style_weights, conv=lambda x, k:
+                            small_conv.strided_conv_from_blocks(x, k, relu_of=norm)))
   x = jax.nn.relu(_conv_cin(params, 'contract.2', x, style_weights, stride=2))
   for i in range(NUM_RESIDUAL):
     y = jax.nn.relu(_conv_cin(params, f'res.{i}.0', x, style_weights))

@@ -117,10 +117,12 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
   """
   k = kernel.shape[0]
   kernel = kernel.astype(x.dtype)
-  padded = reflect_pad(x, k // 2)
   if not use_fast_path():
-    return valid_conv(padded, kernel, stride)
-  return padded_conv(padded, kernel, stride)
+    return valid_conv(reflect_pad(x, k // 2), kernel, stride)
+  if k >= 7 and kernel.shape[2] <= 8 and stride == 1:
+    return _space_to_depth_conv(reflect_pad(x, k // 2), kernel, 2)
+  p = k // 2
+  return strip_conv(x, kernel, stride, pad=((p, p), (p, p)), mode='reflect')
 
 
 def upsample_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -149,62 +151,85 @@ def upsample_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   low = jnp.einsum('rat,sbu,tuio->abirso', taps, taps, kernel,
                    precision=jax.lax.Precision.HIGHEST)
   low = low.reshape(3, 3, cin, 4 * cout)
-  edge = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='edge')
-  y = padded_conv(edge, low, 1)
+  y = strip_conv(x, low, 1, pad=((1, 1), (1, 1)), mode='edge')
   return depth_to_space(y, 2)
 
 
-def padded_conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
-  """A VALID convolution of an already padded [B, H, W, Cin], by the CPU plan.
+def _source_index(size: int, before: int, length: int, mode: str) -> np.ndarray:
+  """Which of ``size`` rows feeds each of ``length`` rows of the padded axis.
 
-  Picks space-to-depth for large kernels over few channels, and row strips
-  for large outputs; equals ``valid_conv(x, kernel, stride)``.
+  Row ``i`` of the padded axis is source row ``i - before``, reflected
+  (``reflect``, as ``jnp.pad``) or clamped (``edge``) into range. Rows past
+  the padded extent (strips rounded up) are clamped: they feed only outputs
+  that are cropped off, or kernel taps that are zero.
   """
-  k, _, cin, _ = kernel.shape
-  if k >= 7 and cin <= 8 and stride == 1:
-    return _space_to_depth_conv(x, kernel, 2)
-  return strip_conv(x, kernel, stride)
+  i = np.arange(length) - before
+  if mode == 'reflect':
+    i = np.abs(i)
+    i = np.where(i > size - 1, 2 * (size - 1) - i, i)
+  elif mode != 'edge':
+    raise ValueError(f"mode must be 'reflect' or 'edge', got {mode!r}")
+  return np.clip(i, 0, size - 1).astype(np.int32)
 
 
 def strip_conv(x: jax.Array, kernel: jax.Array, stride: int = 1, *,
+               pad: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0)),
+               mode: str = 'reflect',
+               relu_of: tuple[jax.Array, jax.Array, jax.Array] | None = None,
                strip_pixels: int | None = None) -> jax.Array:
-  """``valid_conv`` computed one strip of output rows at a time.
+  """Pad, then ``valid_conv``, computed one strip of output rows at a time.
 
-  Every (image, strip) pair is one step of a ``lax.map``; a strip reads its
-  input rows plus a halo of k - stride rows, so the result is exactly the
-  convolution of the whole image (no seams). The last strip may run past the
-  image on zero rows that are cropped off.
+  Every (image, strip) pair is one step of a ``lax.map``. A strip gathers its
+  input rows plus a halo of k - stride rows, padded on the way (reflected or
+  repeated rows and columns), so the padded image is never laid out and the
+  result is exactly the convolution of the whole padded image (no seams).
 
   Args:
-    x: [B, H, W, Cin], already padded.
+    x: [B, H, W, Cin].
     kernel: [kh, kw, Cin, Cout] (HWIO).
     stride: the same along both axes.
+    pad: ((top, bottom), (left, right)) rows and columns of padding.
+    mode: ``reflect`` or ``edge``, as for ``jnp.pad``.
+    relu_of: ``(subtract, multiply, add)``, each [B, Cin], or None: if given,
+      the input is ``relu((x - subtract) * multiply + add)`` (an instance
+      norm or a bias, then ReLU), applied strip by strip; padding commutes
+      with it.
     strip_pixels: output pixels per strip (default: the ``settings`` value).
   Returns:
-    [B, (H - kh) // stride + 1, (W - kw) // stride + 1, Cout].
+    [B, (H + top + bottom - kh) // stride + 1, (W + left + right - kw) // stride + 1,
+    Cout].
   """
+  x = jnp.asarray(x)
   kernel = kernel.astype(x.dtype)
-  b, h, w, _ = x.shape
+  b, h, w, cin = x.shape
   kh, kw = kernel.shape[:2]
-  out_h, out_w = (h - kh) // stride + 1, (w - kw) // stride + 1
+  (top, bottom), (left, right) = pad
+  out_h = (h + top + bottom - kh) // stride + 1
+  out_w = (w + left + right - kw) // stride + 1
   target = _SETTINGS['strip_pixels'] if strip_pixels is None else strip_pixels
   rows = max(1, min(out_h, target // max(out_w, 1)))
   num = -(-out_h // rows)
-  if num == 1 and b == 1:
-    return valid_conv(x, kernel, stride)
   rows = -(-out_h // num)  # the same number of strips, as even as they go
   in_rows = stride * (rows - 1) + kh
-  need = stride * (num * rows - 1) + kh
-  if need > h:
-    x = jnp.pad(x, ((0, 0), (0, need - h), (0, 0), (0, 0)))
+  row_index = jnp.asarray(np.stack([
+      _source_index(h, top - strip * rows * stride, in_rows, mode) for strip in range(num)]))
+  col_index = _source_index(w, left, w + left + right, mode)
+  if relu_of is not None:
+    subtract, multiply, add = (jnp.broadcast_to(t, (b, cin)).astype(x.dtype) for t in relu_of)
 
   def one_strip(index):
     image, strip = index // num, index % num
-    window = jax.lax.dynamic_slice(
-        x, (image, strip * rows * stride, 0, 0), (1, in_rows, x.shape[2], x.shape[3]))
-    return valid_conv(window, kernel, stride)[0]
+    window = x[image, row_index[strip]]  # [in_rows, W, Cin]
+    if left or right:
+      window = window[:, col_index]
+    if relu_of is not None:
+      window = jax.nn.relu((window - subtract[image]) * multiply[image] + add[image])
+    return valid_conv(window[None], kernel, stride)[0]
 
-  y = jax.lax.map(one_strip, jnp.arange(b * num))  # [B * num, rows, out_w, Cout]
+  if b * num == 1:
+    y = one_strip(0)[None]
+  else:
+    y = jax.lax.map(one_strip, jnp.arange(b * num))  # [B * num, rows, out_w, Cout]
   y = y.reshape(b, num * rows, out_w, y.shape[-1])
   return y[:, :out_h]
 
@@ -267,8 +292,9 @@ def _blocked_conv(x, kernel, f):
   out_h, out_w = x.shape[1] - k + 1, x.shape[2] - k + 1
   big = space_to_depth_kernel(kernel, f)
   size = big.shape[0]
-  # Blocked output rows q read blocked input rows q .. q + size - 1: zero-pad
-  # (or crop) the input to exactly that many rows and columns.
+  # Blocked output rows q read blocked input rows q .. q + size - 1: pad (or
+  # crop) the input to exactly that many rows and columns. The padding only
+  # meets zero taps or outputs that are cropped off.
   blocks_h, blocks_w = -(-out_h // f), -(-out_w // f)
   need_h, need_w = f * (blocks_h + size - 1), f * (blocks_w + size - 1)
   x = x[:, :need_h, :need_w]
@@ -320,17 +346,24 @@ def blocks_to_image(blocks: jax.Array) -> jax.Array:
   return depth_to_space(blocks.reshape(b, hb, w2 // 4, 4 * c), 2)
 
 
-def strided_conv_from_blocks(blocks: jax.Array, kernel: jax.Array) -> jax.Array:
+def strided_conv_from_blocks(blocks: jax.Array, kernel: jax.Array, *,
+                             relu_of: tuple[jax.Array, jax.Array, jax.Array] | None = None
+                             ) -> jax.Array:
   """``conv(blocks_to_image(blocks), kernel, stride=2)`` for a 3x3 kernel, without the image.
 
   Output row q reads image rows 2q - 1, 2q, 2q + 1 of the reflect-padded image,
   which are phase 1 of block row q - 1 and both phases of block row q; the
   reflected row -1 is image row 1, phase 1 of block row 0, so padding the
-  blocks by repeating their first row and column is exact.
+  blocks by repeating their first row and column is exact. The 3x3 stride-2
+  kernel becomes a 2x2 kernel over the 4 C channels of the blocks.
 
   Args:
     blocks: [B, H / 2, 2 W, Cin].
     kernel: [3, 3, Cin, Cout] (HWIO).
+    relu_of: ``(subtract, multiply, add)``, each [B, Cin], or None: if given,
+      the convolution reads ``relu((blocks - subtract) * multiply + add)``,
+      computed strip by strip (an instance norm, see ``instance_norm_terms``,
+      or a bias, then ReLU), so that the activation is never laid out.
   Returns:
     [B, H / 2, W / 2, Cout].
   """
@@ -338,12 +371,39 @@ def strided_conv_from_blocks(blocks: jax.Array, kernel: jax.Array) -> jax.Array:
   kernel = kernel.astype(blocks.dtype)
   if kernel.shape[:2] != (3, 3):
     raise ValueError(f'kernel must be 3x3, got shape {kernel.shape}')
+  terms = None
+  if relu_of is not None:
+    terms = [jnp.broadcast_to(jnp.asarray(t), (b, cin)).astype(blocks.dtype) for t in relu_of]
   if not use_fast_path():
+    if terms is not None:
+      blocks = jax.nn.relu((blocks - terms[0][:, None, None]) * terms[1][:, None, None]
+                           + terms[2][:, None, None])
     return conv(blocks_to_image(blocks), kernel, 2)
   x = blocks.reshape(b, hb, w2 // 4, 4 * cin)
-  x = jnp.pad(x, ((0, 0), (1, 0), (1, 0), (0, 0)), mode='edge')
+  if terms is not None:
+    terms = [jnp.tile(t, (1, 4)) for t in terms]  # the same per channel in each phase
   index = np.array([[3, 0], [1, 2]])  # [block offset dq, phase s] -> tap 2 dq + s - 1; 3: zero
   padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
   big = padded[index[:, None, :, None], index[None, :, None, :]]  # [dq, dp, s_h, s_w, Cin, Cout]
   big = big.reshape(2, 2, 4 * cin, kernel.shape[-1])
-  return strip_conv(x, big, 1)
+  return strip_conv(x, big, 1, pad=((1, 0), (1, 0)), mode='edge', relu_of=terms)
+
+
+def instance_norm_terms(x: jax.Array, gamma: jax.Array, beta: jax.Array,
+                        eps: float = 1e-5) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(mean, gamma / sqrt(var + eps), beta)`` [B, C] of an instance norm of ``x``.
+
+  The statistics of ``nst_jax.cin_net.instance_norm`` (float32 mean and biased
+  variance over axes 1 and 2), for ``relu_of``: ``(x - mean) * scale + beta``
+  is that instance norm.
+
+  Args:
+    x: [B, H, W, C] (or 2x2 blocks of an image, which have its statistics).
+    gamma, beta: [B, C] or [C].
+    eps: added to the variance.
+  """
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=(1, 2))
+  var = jnp.mean(jnp.square(x32 - mean[:, None, None]), axis=(1, 2))
+  scale = jax.lax.rsqrt(var + eps) * jnp.asarray(gamma, jnp.float32)
+  return mean, scale, jnp.broadcast_to(jnp.asarray(beta, jnp.float32), scale.shape)

@@ -93,6 +93,13 @@ def test_blocks_round_trip_through_the_strided_conv(shape, fast):
   want = _reference(jax.nn.relu(full - 0.5), k1, 2)
   assert got.shape == want.shape
   assert _rel_err(got, want) <= TOL
+  # The instance norm and ReLU applied strip by strip, as cin_net applies them.
+  gamma, beta = _random(rng, b, mid), _random(rng, b, mid)
+  with small_conv.settings(fast=fast, strip_pixels=30):
+    terms = small_conv.instance_norm_terms(blocks, gamma, beta)
+    got = small_conv.strided_conv_from_blocks(blocks, k1, relu_of=terms)
+  want = _reference(jax.nn.relu(cin_net.instance_norm(full, gamma, beta)), k1, 2)
+  assert _rel_err(got, want) <= TOL
 
 
 def test_conv_to_blocks_names_odd_sizes():
