@@ -8,7 +8,7 @@ Two pretrained networks do the work in one pass each:
 - the arbitrary-style pair of Ghiasi et al. (2017), ``nst_jax.arbitrary``:
   a style predictor turns any painting into a 100-d style vector, and a
   transformer paints the content with it (`style_vector`,
-  `stylize_arbitrary`).
+  `stylize_arbitrary`, or both in one call: `stylize_with_style_images`).
 
 Both networks are fully convolutional: they run at the resolution of the
 arrays they are given (no fixed 384 px and upscaling). Batches of images of
@@ -21,8 +21,8 @@ constants.
 Options common to both:
 
 - ``strength`` in [0, 1]. For arbitrary styles it interpolates the style
-  vector with the content image's own style vector (as Ghiasi et al.,
-  section 5, and the reference do): 0 gives the transformer's rendering of
+  vector with the content image's own style vector (as Ghiasi et al. 2017
+  and the reference do): 0 gives the transformer's rendering of
   the photo in its own style. The 26-style network has no neutral style to
   interpolate towards (every mixture of its styles is a painting), so for
   built-in styles ``strength`` cross-fades the network's output with the
@@ -32,8 +32,8 @@ Options common to both:
   (YUV chroma) of the content, `nst_jax.color.original_colors` (Gatys et al.
   2016, section 2.2). It is applied before the ``strength`` cross-fade.
 - ``precision``: ``'float32'`` or ``'bfloat16'`` (convolutions and
-  activations in bfloat16, instance-norm statistics in float32; for GPUs and
-  TPUs, where it is about twice as fast).
+  activations in bfloat16, instance-norm statistics in float32; meant for
+  GPUs and TPUs).
 
 Every argument error is a `RealtimeError` (a ValueError) whose message names
 the argument in backticks (`strength`), which scripts show as their flag.
@@ -363,7 +363,7 @@ def _predict(predictor_params: Mapping, images: np.ndarray, precision: str,
 
 def style_vector(predictor_params: Mapping, style_images: Sequence, blend_weights=None, *,
                  precision: str = 'float32') -> np.ndarray:
-  """The style vector of one or several paintings (Ghiasi et al. 2017, section 3).
+  """The style vector of one or several paintings (Ghiasi et al. 2017).
 
   Each style image is reduced to its centre square at 256 x 256
   (`predictor_input`), as the predictor was trained; several images average
@@ -450,3 +450,23 @@ def stylize_arbitrary(predictor_params: Mapping, transformer_params: Mapping, im
   if preserve_colors:
     out = color.original_colors(out, batch)
   return out[0] if single else out
+
+
+def stylize_with_style_images(predictor_params: Mapping, transformer_params: Mapping, images,
+                              style_images: Sequence, blend_weights=None, **kwargs) -> np.ndarray:
+  """`stylize_arbitrary` with the `style_vector` of ``style_images``, in one call.
+
+  Args:
+    predictor_params, transformer_params: the two networks' parameters
+      (``realtime_weights.load_arbitrary()``).
+    images: [H, W, 3] or [B, H, W, 3] content, RGB floats in [0, 1].
+    style_images: one [H, W, 3] painting or a sequence of them.
+    blend_weights: one weight per style image (default equal).
+    **kwargs: ``strength``, ``preserve_colors``, ``precision``, ``batch_size``
+      as for `stylize_arbitrary`.
+  Returns:
+    float32 RGB in [0, 1], the shape of ``images``.
+  """
+  vector = style_vector(predictor_params, style_images, blend_weights,
+                        precision=kwargs.get('precision', 'float32'))
+  return stylize_arbitrary(predictor_params, transformer_params, images, vector, **kwargs)
