@@ -263,6 +263,9 @@ class _Plan:
       self.output_video = FLAGS.output_video or os.path.join(
           'outputs', f'{Path(FLAGS.video).stem}_{self.tag}.mp4')
       video.check_output_path(self.output_video, flag='output_video')
+      if os.path.abspath(self.output_video) == os.path.abspath(FLAGS.video):
+        raise config_lib.ConfigError(f'--output_video {self.output_video!r} is the input video; '
+                                     'choose another file name')
       self.contents, self.outputs = [], []
       return
     if FLAGS.output_video:
@@ -277,6 +280,12 @@ class _Plan:
       _check_output_dir(folder)
       suffix = '' if FLAGS.input_dir and FLAGS.output_dir else f'_{self.tag}'
       self.outputs = [os.path.join(folder, f'{Path(p).stem}{suffix}.png') for p in self.contents]
+      seen = {os.path.abspath(p): p for p in self.contents}  # Never overwrite an input.
+      for path, out in zip(self.contents, self.outputs):
+        if os.path.abspath(out) in seen:
+          raise config_lib.ConfigError(
+              f'the result of {path!r} would overwrite the input {seen[os.path.abspath(out)]!r}; '
+              'choose another --output_dir')
       seen = {}
       for path, out in zip(self.contents, self.outputs):
         if out in seen:

@@ -94,6 +94,8 @@ def _listing(folder):
      "cannot write '.gif' videos"),
     (['--content_image={a}', '--sheet', '--style=2'], '--sheet shows every built-in style'),
     (['--content_image={a}', '--style=1', '--image_size=-1'], '--image_size must be 0'),
+    (['--input_dir={photos}', '--output_dir={photos}', '--style=1'], 'would overwrite the input'),
+    (['--video={clip}', '--output_video={clip}', '--style=1'], 'is the input video'),
 ])
 def test_input_errors_are_one_line_and_write_nothing(files, cache_dir, args, message):
   before = _listing(files['folder'])
