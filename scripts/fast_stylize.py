@@ -387,10 +387,12 @@ def _run() -> int:
       t0 = time.perf_counter()
       results = stylize(np.stack([contents[k] for k in chunk]))
       seconds = (time.perf_counter() - t0) / len(chunk)
+      # The first call at a size compiles (or loads the program from the cache).
+      note = ' incl. compiling' if start == 0 else ''
       for k, result in zip(chunk, results):
         image_io.save_image(plan.outputs[k], result)
         h, w = result.shape[:2]
-        _say(f'wrote {plan.outputs[k]} ({w}x{h}, {seconds:.2f} s)')
+        _say(f'wrote {plan.outputs[k]} ({w}x{h}, {seconds:.2f} s{note})')
   return 0
 
 
