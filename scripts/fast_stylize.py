@@ -371,7 +371,7 @@ def _run() -> int:
     image_io.save_image(plan.outputs[0], result.image)
     h, w = result.image.shape[:2]
     _say(f'wrote {plan.outputs[0]} ({cin_net.num_styles_of(params)} styles, {w}x{h}, '
-         f'{time.perf_counter() - t0:.2f} s)')
+         f'{time.perf_counter() - t0:.2f} s incl. compiling)')
     return 0
 
   stylize = _stylizer(plan, style_rgbs)
