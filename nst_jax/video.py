@@ -398,13 +398,18 @@ def transform_video(src, dst, fn: Callable[[np.ndarray], np.ndarray], *,
   encoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='nst_jax_encode')
   pending = None
   try:
-    for batch in batches:
-      out = flush(batch)
+    try:
+      for batch in batches:
+        out = flush(batch)
+        if pending is not None:
+          pending.result()  # Raises the encoder's error, if any.
+        pending = encoder.submit(writer.write, out)
       if pending is not None:
-        pending.result()  # Raises the encoder's error, if any.
-      pending = encoder.submit(writer.write, out)
-    if pending is not None:
-      pending.result()
+        pending.result()
+    finally:
+      # Both threads stop before the writer is committed or aborted.
+      batches.close()
+      encoder.shutdown(wait=True)
     if frames_done == 0:
       raise VideoError(f'video {_show(src)} has no frames that could be decoded; pass a '
                        'video file with a video stream')
@@ -416,9 +421,6 @@ def transform_video(src, dst, fn: Callable[[np.ndarray], np.ndarray], *,
   except BaseException:
     writer.abort()
     raise
-  finally:
-    batches.close()
-    encoder.shutdown(wait=True)
   flicker = diff_out / diff_in if frames_done > 1 and diff_in > 0 else None
   return VideoResult(frames=frames_done, fps=info.fps, width=width, height=height,
                      seconds=time.perf_counter() - t0, flicker=flicker,
