@@ -247,8 +247,10 @@ def stylize_builtin(params: Mapping, images, style=0, *, strength: float = 1.0,
   Dumoulin et al. (2017); the network runs at the images' own resolution.
 
   Args:
-    params: CIN-network parameters (``realtime_weights.load_multistyle26()``,
-      or ``cin_net.load(path)[0]`` for a trained net).
+    params: CIN-network parameters (``realtime_weights.load_multistyle26()[0]``,
+      or ``cin_net.load(path)[0]`` for a trained net); numpy arrays are
+      copied to the device on every call, so for many calls (video) pass
+      ``jax.device_put(params)``.
     images: [H, W, 3] or [B, H, W, 3] RGB floats in [0, 1].
     style: see `builtin_style_weights`: an index, a blend, or weights
       [N] / [B, N].

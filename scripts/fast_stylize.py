@@ -331,13 +331,15 @@ def _stylizer(plan: _Plan, style_rgbs):
   from nst_jax import realtime_weights
   kw = dict(strength=plan.strength, preserve_colors=FLAGS.preserve_colors,
             precision=FLAGS.precision, batch_size=FLAGS.batch_size)
+  import jax
   if plan.style_images:
-    predictor, transformer, _ = realtime_weights.load_arbitrary()
+    # On the device once, not copied again for every batch of frames.
+    predictor, transformer = jax.device_put(realtime_weights.load_arbitrary()[:2])
     vector = realtime.style_vector(predictor, style_rgbs, plan.blend_weights,
                                    precision=FLAGS.precision)
     return lambda x: realtime.stylize_arbitrary(predictor, transformer, x, vector, **kw)
   from nst_jax import cin_net
-  params = _load_net()
+  params = jax.device_put(_load_net())
   weights = realtime.builtin_style_weights(plan.style, cin_net.num_styles_of(params))
   return lambda x: realtime.stylize_builtin(params, x, weights, **kw)
 
