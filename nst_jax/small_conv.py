@@ -1,30 +1,44 @@
 """The convolutions of the real-time networks, fast on XLA's CPU backend.
 
 Every convolution of the conditional-instance-norm network (``cin_net``) and
-of the arbitrary-style transformer (``arbitrary``) goes through ``conv`` (a
-reflect pad of k // 2, then a VALID convolution) or ``upsample_conv`` (the
-same after a nearest 2x upsampling). The networks have 3-32 channels, where
-XLA's CPU convolution is fast on small images (about 150 GFLOP/s at 128x128)
-but four to ten times slower on large ones (measurements in
-``../shared/notes/xla-cpu-small-convs.md`` and ``benchmarks/realtime.py``).
-On CPU, therefore, the same arithmetic is rearranged, exactly:
+of the arbitrary-style transformer (``arbitrary``) goes through this module:
+``conv`` (a reflect pad of k // 2, then a VALID convolution), ``upsample_conv``
+(the same after a nearest 2x upsampling), and, for the first two layers,
+``conv_to_blocks`` and ``strided_conv_from_blocks``. The networks have 3-32
+channels, where XLA's CPU convolution is fast on small images (~150 GFLOP/s
+per core at 128x128) but four to ten times slower on large ones
+(``../shared/notes/xla-cpu-small-convs.md``; ``benchmarks/realtime.py``).
+On CPU, therefore, the same arithmetic is rearranged:
 
-* **Row strips.** The output is computed a strip of rows at a time, one strip
-  after another (``lax.map``), each from its rows of the input plus a halo of
-  k - 1 rows. Strips of ~8k output pixels keep XLA on its fast path, and they
-  bound the temporary memory of a large photograph.
+* **Row strips.** The output is computed a strip of rows at a time
+  (``lax.map`` over (image, strip) pairs), each strip from its input rows
+  plus a halo of k - stride rows. Strips of ~8k output pixels keep XLA on its
+  fast path and bound the temporary memory of a large photograph. Padding
+  (reflect or edge) is gathered strip by strip, so no padded copy of an
+  activation is laid out (``jnp.pad``'s reflect copy alone cost ~1/3 of a
+  layer).
 * **Space-to-depth.** A 9x9 convolution with 3-8 input channels is a 5x5
-  convolution with 4x the channels on the 2x2-blocked image (output phase r
-  and input phase s pick kernel tap 2 * dq + s - r; taps off the kernel are
-  zero), followed by depth-to-space.
+  (3x3) convolution with 4x (16x) the channels on the image in 2x2 (4x4)
+  blocks: output phase r and input phase s pick kernel tap f * dq + s - r,
+  taps off the kernel are zero. 4x4 blocks for the last layer (-> 3 channels),
+  2x2 for the first.
+* **Blocks between the first two layers.** The first layer's full-resolution
+  output stays in 2x2 blocks; the 3x3 stride-2 second layer reads them as a
+  2x2 convolution over 4x the channels, and applies the first layer's
+  instance norm (or bias) and ReLU strip by strip as it reads (``relu_of``):
+  the largest activation of the network is written once and read twice
+  (statistics, then the convolution).
 * **Sub-pixel upsampling.** Nearest 2x upsampling then a reflect-padded 3x3
   convolution equals a 3x3 convolution on the edge-padded low-resolution
   image with 4x the output channels (one set per output phase), followed by
   depth-to-space: a quarter of the pixels, none of them duplicated.
 
 Every rewrite equals ``lax.conv_general_dilated`` on the padded input up to
-float32 rounding (``tests/test_small_conv.py``). On GPU and TPU XLA's own
-convolution is good at these shapes, so there the plain formulation is used.
+float32 rounding, in value and gradient (``tests/test_small_conv.py``).
+Strips are per layer and instance-norm statistics are over the whole image,
+so there are no seams. On GPU and TPU (``jax.default_backend() != 'cpu'``)
+XLA's own convolution is good at these shapes, and the plain formulation is
+used; ``settings`` overrides the choice for tests and benchmarks.
 """
 
 from __future__ import annotations

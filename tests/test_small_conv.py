@@ -120,3 +120,23 @@ def test_network_in_small_strips_equals_the_plain_network():
   with small_conv.settings(fast=True, strip_pixels=16):
     got = jax.jit(lambda *a: cin_net.apply(*a))(params, images, weights)
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_network_gradient_equals_the_plain_network_gradient():
+  # Training (issue 12) differentiates cin_net.apply through the CPU plan.
+  params = cin_net.init_params(jax.random.key(1), num_styles=2, width=8)
+  images = np.random.default_rng(4).uniform(size=(1, 16, 12, 3)).astype(np.float32)
+  weights = np.array([[0.5, 0.5]], np.float32)
+
+  def loss(p):
+    return jnp.sum(jnp.square(cin_net.apply(p, images, weights) - 0.5))
+
+  with small_conv.settings(fast=False):
+    want = jax.jit(jax.grad(lambda p: loss(p)))(params)
+  with small_conv.settings(fast=True, strip_pixels=16):
+    got = jax.jit(jax.grad(lambda p: loss(p)))(params)
+  # Float32 rounding, relative to the largest gradient: some gradients are
+  # zero in exact arithmetic (a bias followed by an instance norm).
+  scale = max(float(np.abs(g).max()) for g in want.values())
+  for name in want:
+    assert np.abs(np.asarray(got[name]) - np.asarray(want[name])).max() <= 2e-5 * scale, name
