@@ -7,6 +7,9 @@ luminance (section 2.2, here `match_luminance`, `to_luminance_rgb` and
 jcjohnson/neural-style), and colour histogram matching of the style image
 before the transfer (section 2.1, `match_color_histogram`).
 
+``apply_mode`` and ``finish`` are what a run does with them: colour the
+inputs of the optimisation by ``color`` mode, and finish its result.
+
 Maths is done in float64 numpy and results are float32. Images are [..., 3]
 RGB, nominally in [0, 1].
 """
@@ -206,3 +209,30 @@ def match_color_histogram(style_rgb, content_rgb, eps: float = 1e-5
   a = _sym_power(sigma_c, 0.5) @ _sym_power(sigma_s, -0.5)
   b = mu_c - a @ mu_s
   return (style @ a.T + b).astype(np.float32)
+
+
+def apply_mode(content_rgb, style_rgbs, mode: str) -> tuple[np.ndarray, list[np.ndarray]]:
+  """The optimisation's content and styles for colour ``mode`` (none/luminance/histogram).
+
+  ``'luminance'`` gives grey images carrying the content's luminance and each
+  style's luminance matched to it; ``'histogram'`` recolours the styles to the
+  content's colour mean and covariance.
+  """
+  if mode == 'luminance':
+    cy = rgb_to_yuv(content_rgb)[..., 0]
+    styles = [np.repeat(match_luminance(rgb_to_yuv(s)[..., 0], cy)[..., None], 3,
+                        axis=-1).astype(np.float32) for s in style_rgbs]
+    return to_luminance_rgb(content_rgb), styles
+  if mode == 'histogram':
+    return content_rgb, [match_color_histogram(s, content_rgb) for s in style_rgbs]
+  return content_rgb, list(style_rgbs)
+
+
+def finish(rgb, content_rgb, mode: str, keep_original_colors: bool = False) -> np.ndarray:
+  """A run's result, clipped to [0, 1], with the content's chroma put back as asked."""
+  rgb = np.clip(rgb, 0.0, 1.0)
+  if mode == 'luminance':
+    rgb = combine_luminance_chroma(rgb_to_yuv(rgb)[..., 0], content_rgb)
+  if keep_original_colors:
+    rgb = original_colors(rgb, content_rgb)
+  return np.clip(rgb, 0.0, 1.0).astype(np.float32)

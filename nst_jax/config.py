@@ -1,5 +1,13 @@
 """The settings of one style transfer, validated where they are built.
 
+``StyleConfig`` is the single list of a run's settings: the scripts generate
+their flags from its fields (``cli_support.define_style_flags``), and a
+checkpoint stores it. ``StyleSpec`` is one style of a run (images and blend
+weights), with its ``a.jpg@2+b.jpg@1`` text form. ``plan`` checks a config
+against the input shapes (sizes, blends, memory) once, for the scripts and the
+library alike. No JAX is imported here, so a script refuses bad input before
+paying for JAX.
+
 Defaults reproduce jcjohnson/neural-style (``neural_style.lua``): Caffe VGG19,
 content relu4_2 with weight 5, style relu1_1..relu5_1 with weight 100 each,
 TV weight 1e-3, random init, L-BFGS with history 100, 1000 iterations, 512 px.
@@ -10,27 +18,39 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
 
-from nst_jax import layers as vgg  # names only: no JAX import
+from nst_jax import image_io
+from nst_jax import layers
+from nst_jax import memory
 
 OPTIMIZERS = ('lbfgs', 'lbfgs_linesearch', 'adam')
 COLORS = ('none', 'luminance', 'histogram')
 INITS = ('random', 'image')
 PRECISIONS = ('float32', 'bfloat16')
 
+# Help groups of the generated flags, in the order ``--help`` shows them.
+GROUPS = OBJECTIVE, OPTIMIZER, COLOR_AND_SCALES, RUN_CONTROL = (
+    'the objective', 'the optimizer', 'colour and scales', 'run control')
 
 _INT32_MAX = 2**31 - 1
 _FLOAT32_MAX = 3.4028234663852886e38
 
 
 class ConfigError(ValueError):
-  """A bad setting; the message names the flag and says what is allowed."""
+  """A bad setting or input; the message names the argument in backticks.
+
+  Library messages say `image_size`; the scripts show the same text with the
+  flag, ``--image_size`` (``cli_support.flag_message``).
+  """
 
 
 def _finite_nonneg(name, value):
   if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-    raise ConfigError(f'--{name} must be a finite number >= 0, got {value!r}')
+    raise ConfigError(f'`{name}` must be a finite number >= 0, got {value!r}')
 
 
 def _tuple(value) -> tuple:
@@ -43,36 +63,70 @@ def _tuple(value) -> tuple:
   return (value,)
 
 
+def check_blend_weights(weights: Sequence[float], num_styles: int,
+                        name: str = 'style_blend_weights') -> None:
+  """Refuses blend weights that are not one finite weight >= 0 per style, some positive."""
+  if len(weights) != num_styles:
+    raise ConfigError(f'`{name}` has {len(weights)} values for {num_styles} style image(s); '
+                      'give one weight per style image')
+  for w in weights:
+    _finite_nonneg(name, w)
+  if sum(weights) <= 0:
+    raise ConfigError(f'`{name}` are all zero; give at least one positive weight')
+
+
+def _field(default, group: str, help_: str, **metadata):
+  """A StyleConfig field; ``cli_support`` makes a flag of it from this metadata."""
+  return dataclasses.field(default=default, metadata=dict(group=group, help=help_, **metadata))
+
+
 @dataclasses.dataclass(frozen=True)
 class StyleConfig:
-  """Every option of a run. See the README for the flag of each field."""
-  image_size: int = 512
-  style_scale: float = 1.0
-  style_blend_weights: tuple[float, ...] | None = None
-  content_weight: float = 5.0
-  style_weight: float = 100.0
-  tv_weight: float = 1e-3
-  content_layers: tuple[str, ...] = ('relu4_2',)
-  style_layers: tuple[str, ...] = ('relu1_1', 'relu2_1', 'relu3_1', 'relu4_1', 'relu5_1')
-  style_layer_weights: tuple[float, ...] | None = None
-  init: str = 'random'
-  init_image: str | None = None
-  optimizer: str = 'lbfgs'
-  learning_rate: float | None = None  # None: 1 for L-BFGS, 10 for Adam.
-  lbfgs_history: int = 100
-  num_iterations: tuple[int, ...] = (1000,)
-  scales: tuple[int, ...] | None = None
-  normalize_gradients: bool = False
-  pooling: str = 'max'
-  original_colors: bool = False
-  color: str = 'none'
-  seed: int = 0
-  print_iter: int = 50
-  save_iter: int = 100
-  chunk_size: int = 50
-  weights: str = 'vgg19-caffe'
-  precision: str = 'float32'
-  remat: bool = False
+  """Every setting of a run. Each field is also a flag of the scripts.
+
+  To add a setting: add a field here with ``_field`` (its help text and help
+  group become the flag's), validate it in ``_validate``, and read it where it
+  is used (``transfer.loss_spec`` for the objective).
+  """
+  image_size: int = _field(512, COLOR_AND_SCALES, 'Longest side of the output, px.')
+  style_scale: float = _field(1.0, COLOR_AND_SCALES, 'Style images are resized to '
+                              'style_scale * image_size (longest side).')
+  style_blend_weights: tuple[float, ...] | None = _field(
+      None, OBJECTIVE, 'One weight per style image (normalised to sum 1; default equal).')
+  content_weight: float = _field(5.0, OBJECTIVE, 'Content loss weight.')
+  style_weight: float = _field(100.0, OBJECTIVE, 'Style loss weight (per layer).')
+  tv_weight: float = _field(1e-3, OBJECTIVE, 'Total-variation weight.')
+  content_layers: tuple[str, ...] = _field(('relu4_2',), OBJECTIVE, 'VGG19 content layers.')
+  style_layers: tuple[str, ...] = _field(
+      ('relu1_1', 'relu2_1', 'relu3_1', 'relu4_1', 'relu5_1'), OBJECTIVE, 'VGG19 style layers.')
+  style_layer_weights: tuple[float, ...] | None = _field(
+      None, OBJECTIVE, 'Per-style-layer factors (default all 1).')
+  init: str = _field('random', OPTIMIZER, 'Start from random noise or the content image.',
+                     choices=INITS)
+  optimizer: str = _field('lbfgs', OPTIMIZER, 'lbfgs, lbfgs_linesearch, adam, or optax:NAME.')
+  learning_rate: float | None = _field(None, OPTIMIZER,
+                                       'Step size (default 1 for L-BFGS, 10 for Adam).')
+  lbfgs_history: int = _field(100, OPTIMIZER, 'L-BFGS history size.')
+  num_iterations: tuple[int, ...] = _field((1000,), OPTIMIZER,
+                                           'Iterations (one value, or one per scale).')
+  scales: tuple[int, ...] | None = _field(
+      None, COLOR_AND_SCALES, 'Coarse-to-fine sizes, e.g. 256,512,1024 (overrides image_size).')
+  normalize_gradients: bool = _field(False, OBJECTIVE, "L1-normalise each loss term's "
+                                     'gradient (as the Lua original).')
+  pooling: str = _field('max', OBJECTIVE, 'VGG pooling.', choices=layers.POOLINGS)
+  original_colors: bool = _field(False, COLOR_AND_SCALES,
+                                 "Keep the content's colours (post-hoc luminance transfer).")
+  color: str = _field('none', COLOR_AND_SCALES, 'Colour control: luminance-only transfer '
+                      "or matching the style's colours to the content's.", choices=COLORS)
+  seed: int = _field(0, OPTIMIZER, 'Random seed of the noise init.')
+  print_iter: int = _field(50, RUN_CONTROL, 'Progress line every N iterations (0: off).')
+  save_iter: int = _field(100, RUN_CONTROL, 'Intermediate image every N iterations (0: off).')
+  chunk_size: int = _field(50, RUN_CONTROL, 'Most iterations per compiled chunk.')
+  weights: str = _field('vgg19-caffe', OBJECTIVE, 'Weight set name or .safetensors path.')
+  precision: str = _field('float32', RUN_CONTROL, 'bfloat16: mixed-precision convolutions '
+                          '(GPU/TPU).', choices=PRECISIONS)
+  remat: bool = _field(False, RUN_CONTROL, 'Recompute activations in the backward pass '
+                       '(less memory, more time).')
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -89,88 +143,89 @@ class StyleConfig:
 
   def _validate(self):
     if not isinstance(self.image_size, int) or self.image_size <= 0:
-      raise ConfigError(f'--image_size must be a positive integer, got {self.image_size!r}')
+      raise ConfigError(f'`image_size` must be a positive integer, got {self.image_size!r}')
     if not (isinstance(self.style_scale, (int, float)) and math.isfinite(self.style_scale)
             and self.style_scale > 0):
-      raise ConfigError(f'--style_scale must be a finite number > 0, got {self.style_scale!r}')
+      raise ConfigError(f'`style_scale` must be a finite number > 0, got {self.style_scale!r}')
     for name in ('content_weight', 'style_weight', 'tv_weight'):
       _finite_nonneg(name, getattr(self, name))
-    for flag, layers in (('content_layers', self.content_layers),
-                         ('style_layers', self.style_layers)):
-      bad = [l for l in layers if l not in vgg.LAYER_NAMES]
+    for flag, names in (('content_layers', self.content_layers),
+                        ('style_layers', self.style_layers)):
+      bad = [l for l in names if l not in layers.LAYER_NAMES]
       if bad:
-        raise ConfigError(f'--{flag}: unknown layer(s) {", ".join(bad)}; valid layers are '
-                          f'{", ".join(vgg.TAP_NAMES)} (or conv1_1 ... conv5_4)')
+        raise ConfigError(f'`{flag}`: unknown layer(s) {", ".join(bad)}; valid layers are '
+                          f'{", ".join(layers.TAP_NAMES)} (or conv1_1 ... conv5_4)')
     if not self.style_layers and not self.content_layers:
-      raise ConfigError('--content_layers and --style_layers are both empty')
+      raise ConfigError('`content_layers` and `style_layers` are both empty')
     if self.style_layer_weights is not None:
       if len(self.style_layer_weights) != len(self.style_layers):
-        raise ConfigError(f'--style_layer_weights has {len(self.style_layer_weights)} values '
-                          f'but --style_layers has {len(self.style_layers)} layers')
+        raise ConfigError(f'`style_layer_weights` has {len(self.style_layer_weights)} values '
+                          f'but `style_layers` has {len(self.style_layers)} layers')
       for w in self.style_layer_weights:
         _finite_nonneg('style_layer_weights', w)
     if self.style_blend_weights is not None:
-      for w in self.style_blend_weights:
-        _finite_nonneg('style_blend_weights', w)
-      if sum(self.style_blend_weights) <= 0:
-        raise ConfigError('--style_blend_weights are all zero; give at least one positive weight')
+      check_blend_weights(self.style_blend_weights, len(self.style_blend_weights))
     if self.init not in INITS:
-      raise ConfigError(f'--init must be one of {", ".join(INITS)}, got {self.init!r} '
-                        '(use --init_image=FILE to start from a file)')
+      raise ConfigError(f'`init` must be one of {", ".join(INITS)}, got {self.init!r} '
+                        '(or pass `init_image`)')
     if not (self.optimizer in OPTIMIZERS or self.optimizer.startswith('optax:')):
-      raise ConfigError(f'--optimizer must be one of {", ".join(OPTIMIZERS)} or optax:NAME '
+      raise ConfigError(f'`optimizer` must be one of {", ".join(OPTIMIZERS)} or optax:NAME '
                         f'(e.g. optax:sgd), got {self.optimizer!r}')
     if self.optimizer.startswith('optax:'):
       import optax
       name = self.optimizer[len('optax:'):]
       if not callable(getattr(optax, name, None)):
-        raise ConfigError(f'--optimizer: optax has no optimizer named {name!r}')
+        raise ConfigError(f'`optimizer`: optax has no optimizer named {name!r}')
     if self.learning_rate is not None:
       if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
-        raise ConfigError(f'--learning_rate must be a finite number > 0, got {self.learning_rate!r}')
+        raise ConfigError(f'`learning_rate` must be a finite number > 0, got {self.learning_rate!r}')
     if not isinstance(self.lbfgs_history, int) or self.lbfgs_history < 1:
-      raise ConfigError(f'--lbfgs_history must be an integer >= 1, got {self.lbfgs_history!r}')
+      raise ConfigError(f'`lbfgs_history` must be an integer >= 1, got {self.lbfgs_history!r}')
     if not self.num_iterations or any(n < 0 for n in self.num_iterations):
-      raise ConfigError(f'--num_iterations must be integers >= 0, got {self.num_iterations!r}')
+      raise ConfigError(f'`num_iterations` must be integers >= 0, got {self.num_iterations!r}')
     n_scales = len(self.scales) if self.scales else 1
     if len(self.num_iterations) not in (1, n_scales):
-      raise ConfigError(f'--num_iterations has {len(self.num_iterations)} values; give one, '
+      raise ConfigError(f'`num_iterations` has {len(self.num_iterations)} values; give one, '
                         f'or one per scale ({n_scales})')
     if self.scales is not None and any(s <= 0 for s in self.scales):
-      raise ConfigError(f'--scales must be positive sizes, got {self.scales!r}')
-    if self.pooling not in vgg.POOLINGS:
-      raise ConfigError(f'--pooling must be max or avg, got {self.pooling!r}')
+      raise ConfigError(f'`scales` must be positive sizes, got {self.scales!r}')
+    if self.pooling not in layers.POOLINGS:
+      raise ConfigError(f'`pooling` must be max or avg, got {self.pooling!r}')
     if self.color not in COLORS:
-      raise ConfigError(f'--color must be one of {", ".join(COLORS)}, got {self.color!r}')
+      raise ConfigError(f'`color` must be one of {", ".join(COLORS)}, got {self.color!r}')
     if self.precision not in PRECISIONS:
-      raise ConfigError(f'--precision must be one of {", ".join(PRECISIONS)}, got {self.precision!r}')
+      raise ConfigError(f'`precision` must be one of {", ".join(PRECISIONS)}, got {self.precision!r}')
     for name in ('print_iter', 'save_iter'):
       if getattr(self, name) < 0:
-        raise ConfigError(f'--{name} must be >= 0 (0 disables it)')
+        raise ConfigError(f'`{name}` must be >= 0 (0 disables it)')
     if self.chunk_size < 1:
-      raise ConfigError('--chunk_size must be >= 1')
+      raise ConfigError('`chunk_size` must be >= 1')
     # Numbers that parse but overflow the device: counters and sizes live in
     # int32, weights in float32. The one range check (the CLI relies on it).
     for name in ('image_size', 'lbfgs_history', 'print_iter', 'save_iter', 'chunk_size'):
       if getattr(self, name) > _INT32_MAX:
-        raise ConfigError(f'--{name} must be at most {_INT32_MAX}, got {getattr(self, name)}')
+        raise ConfigError(f'`{name}` must be at most {_INT32_MAX}, got {getattr(self, name)}')
     for name in ('num_iterations', 'scales'):
       if any(v > _INT32_MAX for v in getattr(self, name) or ()):
-        raise ConfigError(f'--{name} values must be at most {_INT32_MAX}')
+        raise ConfigError(f'`{name}` values must be at most {_INT32_MAX}')
     if not -2**63 <= self.seed < 2**63:
-      raise ConfigError(f'--seed must fit in 64 bits, got {self.seed}')
+      raise ConfigError(f'`seed` must fit in 64 bits, got {self.seed}')
     for name in ('style_scale', 'content_weight', 'style_weight', 'tv_weight', 'learning_rate',
                  'style_blend_weights', 'style_layer_weights'):
       value = getattr(self, name)
       values = value if isinstance(value, tuple) else (value,)
       if any(v is not None and abs(v) > _FLOAT32_MAX for v in values):
-        raise ConfigError(f'--{name} must be at most {_FLOAT32_MAX:.3g} (the float32 range), '
+        raise ConfigError(f'`{name}` must be at most {_FLOAT32_MAX:.3g} (the float32 range), '
                           f'got {value!r}')
 
   @property
   def sizes(self) -> tuple[int, ...]:
     """Image size (longest side) of each scale, coarse to fine."""
     return self.scales or (self.image_size,)
+
+  def style_size(self, size: int) -> int:
+    """Longest side of the style images when the content's is ``size``."""
+    return max(1, int(math.ceil(self.style_scale * size)))
 
   def iterations(self, scale_index: int) -> int:
     its = self.num_iterations
@@ -190,3 +245,116 @@ class StyleConfig:
     fields = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: (tuple(v) if isinstance(v, list) else v)
                   for k, v in d.items() if k in fields})
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleSpec:
+  """One style of a run: one or several images, blended by ``blend_weights``.
+
+  ``images`` are whatever the caller holds: paths in a script, [H, W, 3] RGB
+  arrays for the library (``matrix.stylize_many``).
+  """
+  images: tuple
+  blend_weights: tuple[float, ...] | None = None
+  name: str | None = None
+
+  @property
+  def label(self) -> str:
+    """``name``, else the images' file stems joined with '+'."""
+    if self.name:
+      return self.name
+    return '+'.join(Path(str(i)).stem if isinstance(i, (str, os.PathLike)) else 'array'
+                    for i in self.images)
+
+
+def parse_style_spec(text: str) -> StyleSpec:
+  """``a.jpg@2+b.jpg@1`` -> StyleSpec(('a.jpg', 'b.jpg'), (2.0, 1.0)); weights default 1."""
+  images, weights = [], []
+  for part in (p for p in text.split('+') if p):
+    path, _, w = part.partition('@')
+    images.append(path)
+    try:
+      weights.append(float(w) if w else 1.0)
+    except ValueError:
+      raise ConfigError(f'style spec {text!r}: weight {w!r} is not a number') from None
+  if not images:
+    raise ConfigError(f'empty style spec {text!r}')
+  return StyleSpec(tuple(images), tuple(weights))
+
+
+class Scale(NamedTuple):
+  size: int                                 # longest side of the content
+  content_hw: tuple[int, int]
+  style_hws: tuple[tuple[int, int], ...]
+  iterations: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """A checked run: its settings, blend weights and the shapes of every scale."""
+  config: StyleConfig
+  blend_weights: tuple[float, ...]
+  scales: tuple[Scale, ...]
+  peak_bytes: int                           # the memory estimate of the largest scale
+
+
+def plan(config: StyleConfig, content_hw: tuple[int, int],
+         style_hws: Sequence[tuple[int, int]], *,
+         blend_weights: Sequence[float] | None = None, budget: int | None = None) -> Plan:
+  """Checks a run from the input shapes alone, before anything is loaded or compiled.
+
+  Every size, blend and memory check of a run is made here, once: each scale
+  must be large enough for the deepest layer, the blend weights must match the
+  styles, and the estimated peak memory must fit. Only shapes are computed,
+  so this is instant whatever the sizes.
+
+  Args:
+    config: the run's settings.
+    content_hw: (height, width) of the content image as loaded.
+    style_hws: (height, width) of each style image as loaded.
+    blend_weights: one per style (default ``config.style_blend_weights``, else equal).
+    budget: bytes the run may use (default ``memory.available_bytes()``).
+  Returns:
+    The Plan that ``transfer.stylize`` runs.
+  Raises:
+    ConfigError: naming the argument (`image_size`, ...) and what to do.
+  """
+  style_hws = tuple(tuple(hw) for hw in style_hws)
+  if not style_hws:
+    raise ConfigError('give at least one style image')
+  blend = tuple(blend_weights or config.style_blend_weights or (1.0,) * len(style_hws))
+  check_blend_weights(blend, len(style_hws))
+  taps = config.content_layers + config.style_layers
+  need = layers.min_input_size(taps)
+  scales = []
+  for index, size in enumerate(config.sizes):
+    hw = image_io.longest_side_shape(content_hw, size)
+    shws = tuple(image_io.longest_side_shape(s, config.style_size(size)) for s in style_hws)
+    for what, (h, w) in [('the content image', hw),
+                         *((f'style image {k + 1}', s) for k, s in enumerate(shws))]:
+      if min(h, w) < need:
+        raise ConfigError(
+            f'{what} is {w}x{h} px after resizing, but layer {layers.deepest(taps)} needs at '
+            f'least {need} px on the shorter side; increase `image_size` or `scales` (or '
+            '`style_scale`) or use shallower layers')
+    scales.append(Scale(size, hw, shws, config.iterations(index)))
+  peak = memory.run_peak_bytes(content_hw, config, style_hws)
+  _check_memory(peak, content_hw, config, style_hws, budget)
+  if config.optimizer.startswith('optax:'):
+    from nst_jax import optimizers  # Imports JAX, which only this check needs.
+    optimizers.check_optimizer(config)
+  return Plan(config, blend, tuple(scales), peak)
+
+
+def _check_memory(peak, content_hw, config, style_hws, budget) -> None:
+  budget = memory.available_bytes() if budget is None else budget
+  if budget is None or peak <= budget:
+    return
+  need = f'this run needs about {peak / 2**30:.1f} GiB of memory but'
+  fit = memory.largest_fitting_size(content_hw, config, budget, style_hws)
+  if fit is None:
+    raise ConfigError(f'{need} only {budget / 2**30:.1f} GiB is available, too little even '
+                      'for the smallest image; free some memory')
+  raise ConfigError(
+      f'{need} {budget / 2**30:.1f} GiB is available; use `image_size`={fit} or less (or '
+      f'`scales` ending at {fit}), or `optimizer`=adam / a smaller `lbfgs_history`, or `remat`')

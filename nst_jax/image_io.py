@@ -12,6 +12,7 @@ import contextlib
 import errno
 import functools
 import io
+import math
 import os
 import re
 import secrets
@@ -222,17 +223,20 @@ def resize_longest(image: np.ndarray, size: int) -> np.ndarray:
     float32 [h, w, 3] with max(h, w) == size.
   """
   image = _check_image(image)
+  return resize_to(image, *longest_side_shape(image.shape[:2], size))
+
+
+def longest_side_shape(hw: tuple[int, int], size: int) -> tuple[int, int]:
+  """(h, w) of an ``hw`` image after ``resize_longest(image, size)``; shapes only."""
   if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
     raise ValueError(f'size must be an integer, got {size!r}')
   if size < 1:
     raise ValueError(f'size must be at least 1, got {size}')
-  h, w = image.shape[:2]
-  longest = max(h, w)
+  h, w = hw
   # Half up rather than Python's half-to-even, so a 3:1 or 5:2 image always
   # gets the same size whatever the parity.
-  other = max(1, int(np.floor(min(h, w) * size / longest + 0.5)))
-  new_h, new_w = (size, other) if h >= w else (other, size)
-  return resize_to(image, new_h, new_w)
+  other = max(1, int(math.floor(min(h, w) * size / max(h, w) + 0.5)))
+  return (int(size), other) if h >= w else (other, int(size))
 
 
 def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -1,4 +1,10 @@
-"""VGG19 layer names, without importing JAX (flag validation stays fast)."""
+"""VGG19 layer names and what follows from them, without importing JAX.
+
+Config validation, the run plan and the memory estimate read these, so that a
+script can refuse a bad flag before JAX is imported.
+"""
+
+from collections.abc import Iterable
 
 # (block, number of convolutions, output channels).
 BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512))
@@ -36,3 +42,35 @@ def param_shapes() -> dict[str, dict[str, tuple[int, ...]]]:
   """Expected shape of every parameter, used to validate ported weights."""
   return {name: {'kernel': (3, 3, cin, cout), 'bias': (cout,)}
           for name, cin, cout in CONV_SPECS}
+
+
+_LAYER_INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}
+
+
+def check_taps(taps: Iterable[str]) -> tuple[str, ...]:
+  """Returns ``taps`` as a tuple, raising ValueError on an unknown name."""
+  taps = tuple(taps)
+  unknown = [t for t in taps if t not in _LAYER_INDEX]
+  if unknown:
+    raise ValueError(
+        f'unknown VGG19 layer(s) {", ".join(unknown)}; valid taps are '
+        f'{", ".join(TAP_NAMES)} (and conv1_1 ... conv5_4 before the ReLU)')
+  if not taps:
+    raise ValueError('no VGG19 layer requested')
+  return taps
+
+
+def layer_index(name: str) -> int:
+  """Position of ``name`` in ``LAYER_NAMES``."""
+  return _LAYER_INDEX[name]
+
+
+def deepest(taps: Iterable[str]) -> str:
+  """The tap reached last by a forward pass."""
+  return max(check_taps(taps), key=_LAYER_INDEX.__getitem__)
+
+
+def min_input_size(taps: Iterable[str]) -> int:
+  """Smallest input side for which every requested tap has at least 1 pixel."""
+  last = _LAYER_INDEX[deepest(taps)]
+  return 2 ** sum(1 for n in POOL_NAMES if _LAYER_INDEX[n] <= last)

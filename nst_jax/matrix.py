@@ -1,13 +1,15 @@
-"""Many style transfers at once: the content x style matrix.
+"""Many style transfers at once: the content x style matrix, on the run engine.
 
 Every (content, style) cell is an independent problem with its own image and
 its own optimizer state (its own L-BFGS history). Problems whose content has
-the same shape after resizing form a group; a group is optimised by one
-compiled program, ``jax.vmap`` of the single-image chunk, so the problems
-never couple. The batch axis is sharded over all local devices with a
+the same shape after resizing form a group; a group is optimised by the
+engine's batched program (``engine.programs(..., batched=True)``:
+``jax.vmap`` of the single-image chunk), driven by the same
+``engine.run_chunks`` loop as ``stylize``, so the problems never couple. The
+batch axis is sharded over all local devices with a
 ``jax.sharding.Mesh``/``NamedSharding``: the same call uses one CPU, several
-GPUs or a TPU slice. Across hosts, call ``jax.distributed.initialize()`` first
-(see the README); the mesh then spans every process's devices.
+GPUs or a TPU slice. Across hosts, call ``jax.distributed.initialize()``
+first (see the README); the mesh then spans every process's devices.
 
 Resize policy: each content keeps its aspect ratio with its longest side at
 ``config.image_size``; contents that end up with equal shapes share a group.
@@ -18,40 +20,28 @@ batch together.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nst_jax import image_io
-from nst_jax import transfer as st
+from nst_jax import engine
+from nst_jax import memory
+from nst_jax import optimizers
+from nst_jax import transfer
 from nst_jax import weights as weights_lib
-from nst_jax.config import ConfigError, StyleConfig
+from nst_jax.config import ConfigError
+from nst_jax.config import StyleConfig
+from nst_jax.config import StyleSpec
+from nst_jax.config import parse_style_spec  # noqa: F401  (re-exported)
+from nst_jax.config import plan
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class StyleSpec:
-  """One column of the matrix: one or several style images with blend weights."""
-  images: tuple            # paths or RGB arrays
-  blend_weights: tuple[float, ...] | None = None
-  name: str | None = None
-
-  @property
-  def label(self) -> str:
-    if self.name:
-      return self.name
-    return '+'.join(Path(str(i)).stem if isinstance(i, (str, os.PathLike)) else 'array'
-                    for i in self.images)
 
 
 @dataclasses.dataclass
@@ -69,28 +59,13 @@ class MatrixProgress:
   problems_total: int
   group_iteration: int
   group_iterations: int
-  iters_per_sec: float          # problem-iterations per second
+  iters_per_sec: float          # problem-iterations per second, compilation excluded
   eta_seconds: float
   # How the batch is laid out: the devices holding a shard and each shard's
   # batch size (e.g. 4 devices x 2 problems).
   batch_devices: int = 1
   shard_batch: int = 0
-
-
-def parse_style_spec(text: str) -> StyleSpec:
-  """``a.jpg@2+b.jpg@1`` -> StyleSpec((a.jpg, b.jpg), (2, 1)); weights default 1."""
-  parts = [p for p in text.split('+') if p]
-  images, weights = [], []
-  for p in parts:
-    path, _, w = p.partition('@')
-    images.append(path)
-    try:
-      weights.append(float(w) if w else 1.0)
-    except ValueError:
-      raise ConfigError(f'style spec {text!r}: weight {w!r} is not a number') from None
-  if not images:
-    raise ConfigError(f'empty style spec {text!r}')
-  return StyleSpec(tuple(images), tuple(weights))
+  compiling: bool = False       # the group's program is about to compile
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -117,7 +92,6 @@ def default_batch_size(h: int, w: int, config: StyleConfig, num_devices: int,
   on CPU, to about ``CPU_BATCH_PIXELS`` in all (CPU devices share the host's
   cores). It is a multiple of ``num_devices`` so that the batch splits evenly.
   """
-  from nst_jax import memory
   platform = platform or jax.devices()[0].platform
   per_problem = max(1, memory.estimate_peak_bytes(h, w, config) - memory.OVERHEAD_BYTES)
   budget = memory.available_bytes() if budget is None else budget
@@ -132,198 +106,108 @@ def default_batch_size(h: int, w: int, config: StyleConfig, num_devices: int,
   return per_device * num_devices
 
 
-@functools.lru_cache(maxsize=8)
-def _batched_chunk(spec, config_key, needs_value):
-  optimizer = st.make_optimizer(StyleConfig(**dict(config_key)))
-  chunk = st.make_chunk_fn(spec, optimizer, needs_value=needs_value, for_vmap=True)
-  batched = jax.vmap(chunk, in_axes=(0, 0, None, 0, None, None))
-  return (jax.jit(batched, donate_argnums=(0, 1)), jax.jit(jax.vmap(optimizer.init)))
-
-
-def stylize_many(contents: Sequence, styles: Sequence[StyleSpec | str], config: StyleConfig = StyleConfig(),
-                 *, weights: weights_lib.WeightSet | None = None, devices=None,
+def stylize_many(contents: Sequence[np.ndarray], styles: Sequence[StyleSpec],
+                 config: StyleConfig = StyleConfig(), *,
+                 init_image: np.ndarray | None = None,
+                 weights: weights_lib.WeightSet | None = None, devices=None,
                  on_cell: Callable[[CellResult], None] | None = None,
                  callback: Callable[[MatrixProgress], None] | None = None,
                  max_batch: int | None = None) -> list[CellResult]:
   """Stylizes every content with every style, batched and sharded.
 
   Args:
-    contents: N paths or RGB arrays.
-    styles: M StyleSpecs (or spec strings for ``parse_style_spec``).
-    config: shared settings (single scale: ``config.scales`` must be unset).
+    contents: N RGB arrays [H, W, 3] in [0, 1].
+    styles: M StyleSpecs whose ``images`` are RGB arrays.
+    config: shared settings (one scale: ``config.scales`` must be unset).
+    init_image: RGB array every problem starts from (default ``config.init``).
     weights: a loaded WeightSet (default ``weights.load(config.weights)``).
     devices: devices to shard the batch over (default all).
     on_cell: called with each CellResult as soon as its group finishes.
-    callback: progress after each chunk.
+    callback: progress after each chunk, and before a group compiles.
     max_batch: most problems per compiled batch (default:
       ``default_batch_size``: what fits in memory, and on CPU about one
       512x384 image's worth of pixels).
   Returns:
-    N*M CellResults, row-major (content-major). A cell whose inputs failed to
-    load has ``image=None`` and ``error`` set; the other cells still run.
+    N*M CellResults, row-major (content-major). A cell that cannot run (its
+    plan fails: too small, bad blend weights) has ``image=None`` and
+    ``error`` set; the other cells still run.
   """
   if config.scales:
-    raise ConfigError('stylize_many runs one scale; leave --scales unset')
-  styles = [parse_style_spec(s) if isinstance(s, str) else s for s in styles]
-  n, m = len(contents), len(styles)
-  results: list[CellResult | None] = [None] * (n * m)
+    raise ConfigError('stylize_many runs one scale; leave `scales` unset')
+  obj = engine.objective(config, weights or weights_lib.load(config.weights))
+  progs = engine.programs(obj.spec, optimizers.optimizer_key(config), batched=True)
+  mesh = make_mesh(devices)
+  obj = dataclasses.replace(obj, params=jax.device_put(obj.params, NamedSharding(mesh, P())))
+  results: dict[tuple[int, int], CellResult] = {}
 
-  def failed(i, j, msg):
-    cell = CellResult(i, j, None, {}, msg)
-    results[i * m + j] = cell
+  def report(cell):
+    results[cell.content_index, cell.style_index] = cell
     if on_cell:
       on_cell(cell)
 
-  content_rgbs: dict[int, np.ndarray] = {}
-  for i, c in enumerate(contents):
-    try:
-      content_rgbs[i] = st._as_rgb(c, f'content image {i + 1}')
-    except (image_io.ImageError, ValueError) as e:
-      log.error('%s', e)
-      for j in range(m):
-        failed(i, j, str(e))
-  style_rgbs: dict[int, list[np.ndarray]] = {}
-  for j, spec in enumerate(styles):
-    try:
-      if spec.blend_weights is not None and len(spec.blend_weights) != len(spec.images):
-        raise ConfigError(f'style {spec.label}: {len(spec.blend_weights)} weights for '
-                          f'{len(spec.images)} images')
-      if spec.blend_weights is not None and sum(spec.blend_weights) <= 0:
-        raise ConfigError(f'style {spec.label}: blend weights are all zero')
-      style_rgbs[j] = [st._as_rgb(s, f'style {spec.label}') for s in spec.images]
-    except (image_io.ImageError, ValueError) as e:
-      log.error('%s', e)
-      for i in content_rgbs:
-        failed(i, j, str(e))
-
-  ws = weights or weights_lib.load(config.weights)
-  prep = ws.preprocessing
-  params, spec, loss_weights = st.objective(config, ws)
-  targets_fn = st.compiled_targets(spec)
-  chunk_fn, init_fn = _batched_chunk(spec, st._optimizer_key(config), st._needs_value(config))
-  mesh = make_mesh(devices)
-  ndev = mesh.devices.size
-  batch_sharding = NamedSharding(mesh, P('batch'))
-  replicated = NamedSharding(mesh, P())
-  params = jax.device_put(params, replicated)
-
-  # Prepare every problem, then group by content shape.
-  problems: dict[tuple, list] = {}
-  size = config.image_size
-  for i, c_rgb in content_rgbs.items():
-    for j, s_rgbs in style_rgbs.items():
+  groups: dict[tuple[int, int], list] = {}  # Content shape -> [(i, j, Prepared)].
+  for i, content in enumerate(contents):
+    for j, spec in enumerate(styles):
       try:
-        content_s, styles_s = st.prepare_images(c_rgb, s_rgbs, size, config)
+        p = plan(config, content.shape[:2], [s.shape[:2] for s in spec.images],
+                 blend_weights=spec.blend_weights)
       except ConfigError as e:
-        failed(i, j, str(e))
+        report(CellResult(i, j, None, {}, str(e)))
         continue
-      blend = styles[j].blend_weights or (1.0,) * len(s_rgbs)
-      targets = targets_fn(params, jnp.asarray(prep.apply(content_s)),
-                           [jnp.asarray(prep.apply(s)) for s in styles_s],
-                           jnp.asarray(blend, jnp.float32))
-      problems.setdefault(content_s.shape[:2], []).append((i, j, targets))
-
-  total = sum(len(v) for v in problems.values())
-  done_problems = 0
-  n_iters = config.iterations(0)
-  t_start = time.perf_counter()
-  work_done = 0
-  # Decoded once for the whole matrix, not once per batch.
-  init_rgb = (st._as_rgb(config.init_image, 'init image')
-              if config.init_image and problems else None)
-  for (h, w), group in problems.items():
-    cap = max_batch or default_batch_size(h, w, config, ndev, mesh.devices.flat[0].platform)
+      prepared = transfer.prepare(p, 0, content, spec.images, obj, progs, init_image)
+      groups.setdefault(p.scales[0].content_hw, []).append((i, j, prepared))
+  total = sum(len(g) for g in groups.values())
+  counts = {'done': 0, 'work': 0, 'seconds': 0.0}
+  for (h, w), group in groups.items():
+    cap = max_batch or default_batch_size(h, w, config, mesh.devices.size,
+                                          mesh.devices.flat[0].platform)
     for start in range(0, len(group), cap):
-      batch = group[start:start + cap]
-      b = len(batch)
-      padded = int(math.ceil(b / ndev) * ndev)
-      # Pad with copies of the last problem so the batch splits evenly.
-      members = batch + [batch[-1]] * (padded - b)
-      targets = jax.tree.map(lambda *t: jnp.stack(t), *[t for _, _, t in members])
-      targets = jax.device_put(targets, batch_sharding)
-      if config.init == 'image' or config.init_image:
-        x0 = []
-        for i, _, _ in members:
-          content_full = image_io.resize_longest(content_rgbs[i], size)
-          src = (image_io.resize_to(init_rgb, h, w)
-                 if config.init_image else content_full)
-          x0.append(prep.apply(src))
-        x = jnp.asarray(np.stack(x0), jnp.float32)
-      else:
-        noise = 0.001 * jax.random.normal(jax.random.key(config.seed), (h, w, 3), jnp.float32)
-        x = jnp.broadcast_to(noise, (padded, h, w, 3))
-      x = jax.device_put(x, batch_sharding)
-      opt_state = init_fn(x)
-      it = 0
       t0 = time.perf_counter()
-      while it < n_iters:
-        step = min(config.chunk_size, n_iters - it)
-        if config.print_iter:
-          step = min(step, (it // config.print_iter + 1) * config.print_iter - it)
-        x, opt_state, last_good, info = chunk_fn(x, opt_state, params, targets, loss_weights,
-                                                 jnp.int32(step))
-        done = np.asarray(info.done)
-        it += int(done.max())
-        work_done += int(done[:b].sum())
-        if np.asarray(info.bad).all():
-          break
-        if callback:
-          elapsed = time.perf_counter() - t_start
-          rate = work_done / max(elapsed, 1e-9)
-          remaining = (total - done_problems) * n_iters - (it * b)
-          shards = x.addressable_shards
-          callback(MatrixProgress(done_problems, total, it, n_iters, rate,
-                                  remaining / rate if rate > 0 else float('inf'),
-                                  len({sh.device for sh in shards}), shards[0].data.shape[0]))
-      bad = np.asarray(info.bad)
-      x_host = np.asarray(jnp.where(jnp.asarray(bad)[:, None, None, None], last_good, x))
-      terms = {k: np.asarray(v) for k, v in info.terms.items()}
-      for k, (i, j, _) in enumerate(batch):
-        content_full = image_io.resize_longest(content_rgbs[i], size)
-        image = st.finish_image(np.asarray(prep.invert(x_host[k]), np.float32),
-                                content_full, config)
-        cell = CellResult(i, j, image, {name: float(v[k]) for name, v in terms.items()},
-                          f'non-finite objective after {int(done[k])} iterations'
-                          if bad[k] else None)
-        results[i * m + j] = cell
-        if on_cell:
-          on_cell(cell)
-      done_problems += b
-      log.info('group %dx%d: %d problems in %.1f s', h, w, b, time.perf_counter() - t0)
-  return [r for r in results if r is not None]
+      for cell in _run_batch(group[start:start + cap], mesh, obj, progs, config, total,
+                             counts, callback):
+        report(cell)
+      log.info('group %dx%d: %d problems in %.1f s', h, w, len(group[start:start + cap]),
+               time.perf_counter() - t0)
+  return [results[k] for k in sorted(results)]
 
 
-def grid_image(contents_rgb: Sequence[np.ndarray | None], styles_rgb: Sequence[np.ndarray | None],
-               cells: Sequence[CellResult], *, cell_size: int = 192,
-               content_labels: Sequence[str] = (), style_labels: Sequence[str] = ()) -> np.ndarray:
-  """A labelled contact sheet: first row styles, first column contents.
+def _run_batch(batch, mesh, obj, progs, config, total, counts, callback) -> list[CellResult]:
+  """Optimises one batch of same-shaped problems; returns their cells."""
+  b, ndev = len(batch), mesh.devices.size
+  # Pad with copies of the last problem so the batch splits evenly.
+  members = batch + [batch[-1]] * (int(math.ceil(b / ndev) * ndev) - b)
+  sharding = NamedSharding(mesh, P('batch'))
+  targets = jax.device_put(jax.tree.map(lambda *t: jnp.stack(t),
+                                        *[m[2].targets for m in members]), sharding)
+  x = jax.device_put(jnp.stack([m[2].x0 for m in members]), sharding)
+  n = config.iterations(0)
 
-  Returns an RGB float image [(N+1)*cell, (M+1)*cell, 3].
-  """
-  from PIL import Image, ImageDraw
-  n, m = len(contents_rgb), len(styles_rgb)
-  pad = 4
-  sheet = Image.new('RGB', ((m + 1) * cell_size, (n + 1) * cell_size), 'white')
-  draw = ImageDraw.Draw(sheet)
+  def step(x, opt_state, start, k):
+    return progs.chunk(x, opt_state, targets, obj.params, obj.loss_weights, obj.key,
+                       jnp.int32(start), jnp.int32(k))
 
-  def paste(img, r, c, label=None):
-    x0, y0 = c * cell_size, r * cell_size
-    if img is None:
-      draw.text((x0 + pad, y0 + cell_size // 2), 'failed', fill='red')
-      return
-    thumb = image_io.resize_longest(np.asarray(img, np.float32), cell_size - 2 * pad)
-    th, tw = thumb.shape[:2]
-    pil = Image.fromarray(np.round(np.clip(thumb, 0, 1) * 255).astype(np.uint8))
-    sheet.paste(pil, (x0 + (cell_size - tw) // 2, y0 + (cell_size - th) // 2))
-    if label:
-      draw.rectangle([x0 + pad, y0 + pad, x0 + pad + 7 * len(label), y0 + pad + 12],
-                     fill='white')
-      draw.text((x0 + pad + 1, y0 + pad), label, fill='black')
+  def progress(it, **kw):
+    rate = counts['work'] / max(counts['seconds'], 1e-9)
+    remaining = (total - counts['done']) * n - it * b
+    shards = x.addressable_shards
+    callback(MatrixProgress(counts['done'], total, it, n, rate,
+                            remaining / rate if rate > 0 else float('inf'),
+                            len({sh.device for sh in shards}), shards[0].data.shape[0], **kw))
 
-  for j, s in enumerate(styles_rgb):
-    paste(s, 0, j + 1, style_labels[j] if j < len(style_labels) else None)
-  for i, c in enumerate(contents_rgb):
-    paste(c, i + 1, 0, content_labels[i] if i < len(content_labels) else None)
-  for cell in cells:
-    paste(cell.image, cell.content_index + 1, cell.style_index + 1)
-  return np.asarray(sheet, np.float32) / 255.0
+  announce = (lambda: progress(0, compiling=True)) if callback else None
+  x, opt_state, _ = engine.compile_chunk(progs, step, x, progs.init(x), 0, announce)
+  last_good, done, bad, terms = x, np.zeros(len(members), int), np.zeros(len(members), bool), {}
+  for c in engine.run_chunks(step, x, opt_state, 0, n, config.chunk_size,
+                               (config.print_iter,)):
+    x, last_good, done, bad = c.x, c.last_good, np.asarray(c.info.done), np.asarray(c.info.bad)
+    terms = {k: np.asarray(v) for k, v in c.info.terms.items()}
+    counts['work'] += int(done[:b].sum())
+    counts['seconds'] += c.seconds
+    if callback and not bad.all():
+      progress(c.iteration)
+  x_host = np.asarray(jnp.where(jnp.asarray(bad)[:, None, None, None], last_good, x))
+  counts['done'] += b
+  return [CellResult(i, j, transfer.to_rgb(x_host[k], obj.prep, prepared.content_rgb, config),
+                     {name: float(v[k]) for name, v in terms.items()},
+                     f'non-finite objective after {int(done[k])} iterations' if bad[k] else None)
+          for k, (i, j, prepared) in enumerate(batch)]

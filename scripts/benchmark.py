@@ -2,6 +2,12 @@
 
   python scripts/benchmark.py                       # 256, 512, 1024 px; L-BFGS and Adam
   python scripts/benchmark.py --sizes=512 --optimizers=lbfgs --startup --matrix
+  python scripts/benchmark.py --mode=realtime       # another benchmark: benchmarks/realtime.py
+
+--mode=gatys (the default) is the optimisation benchmark described here; any
+other mode M runs ``benchmarks/M.py``: its ``run(flags_dict) -> dict`` (JSON-able
+results, written to --output_json) and ``markdown(results) -> str`` (appended
+to --results_md).
 
 For each size and optimizer: compile time, median time per iteration over
 timed chunks (after a warm-up chunk, device synchronised), the PyTorch/nst_jax
@@ -13,6 +19,7 @@ benchmarks/RESULTS.md (--results_md; empty to skip).
 """
 
 import datetime
+import importlib
 import json
 import os
 import subprocess
@@ -26,8 +33,11 @@ from absl import app
 from absl import flags
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # The benchmarks package beside nst_jax.
 SHARED = ROOT.parent / 'shared' / 'data' / 'images'
 
+flags.DEFINE_string('mode', 'gatys', 'gatys (this script\'s own benchmark) or the name of a '
+                    'module in benchmarks/ with run(flags_dict) and markdown(results).')
 flags.DEFINE_list('sizes', ['256', '512', '1024'], 'Image sizes (longest side).')
 flags.DEFINE_list('optimizers', ['lbfgs', 'adam'], 'lbfgs and/or adam.')
 flags.DEFINE_string('content', None, 'Content image (default: golden_gate from '
@@ -77,7 +87,7 @@ def _mb(b):
 
 
 def _bench_pair(content, style, size, optimizer, init_path, tmp):
-  from nst_jax import benchmark as bm
+  from benchmarks import harness as bm
   args = dict(content=content, style=style, size=size, optimizer=optimizer, init=init_path,
               chunk=_chunk(size), repeats=FLAGS.repeats, history=FLAGS.history)
   rows = [bm.run_child('jax', args)]
@@ -126,8 +136,8 @@ def _matrix_throughput(content, style):
   """Images per minute for a 4x4 matrix at 256 px: batched vs one-by-one."""
   code = f'''
 import json, time, numpy as np, jax
-from nst_jax import matrix, transfer as st, weights, image_io
-from nst_jax.config import StyleConfig
+from nst_jax import matrix, transfer, weights, image_io
+from nst_jax.config import StyleConfig, StyleSpec
 ws = weights.load()
 base_c = image_io.load_image({content!r}); base_s = image_io.load_image({style!r})
 rng = np.random.default_rng(0)
@@ -138,24 +148,24 @@ cfg = StyleConfig(image_size=256, num_iterations={FLAGS.matrix_iterations}, prin
                   save_iter=0)
 # Warm-up (compile) both paths at the shapes timed below: one content with all
 # four styles is one batch of the size the full matrix uses.
-matrix.stylize_many(contents[:1], [matrix.StyleSpec((s,)) for s in styles], cfg, weights=ws)
-st.stylize(contents[0], [styles[0]], cfg, weights=ws)
+matrix.stylize_many(contents[:1], [StyleSpec((s,)) for s in styles], cfg, weights=ws)
+transfer.stylize(contents[0], [styles[0]], cfg, weights=ws)
 batched_runs, single_runs = [], []
 for _ in range({FLAGS.matrix_repeats}):  # Alternate the two, report medians.
   t0 = time.perf_counter()
-  matrix.stylize_many(contents, [matrix.StyleSpec((s,)) for s in styles], cfg, weights=ws)
+  matrix.stylize_many(contents, [StyleSpec((s,)) for s in styles], cfg, weights=ws)
   batched_runs.append(time.perf_counter() - t0)
   t0 = time.perf_counter()
   for c in contents:
     for s in styles:
-      st.stylize(c, [s], cfg, weights=ws)
+      transfer.stylize(c, [s], cfg, weights=ws)
   single_runs.append(time.perf_counter() - t0)
 batched, single = float(np.median(batched_runs)), float(np.median(single_runs))
 print("BENCH_JSON " + json.dumps({{"batched_s": batched, "one_by_one_s": single,
       "batched_runs_s": batched_runs, "one_by_one_runs_s": single_runs,
       "devices": len(jax.devices()), "device": str(jax.devices()[0].platform)}}))
 '''
-  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
   for line in proc.stdout.splitlines():
     if line.startswith('BENCH_JSON '):
       r = json.loads(line[len('BENCH_JSON '):])
@@ -166,16 +176,39 @@ print("BENCH_JSON " + json.dumps({{"batched_s": batched, "one_by_one_s": single,
   raise RuntimeError(f'matrix benchmark failed: {proc.stderr[-2000:]}')
 
 
+def _run_mode(mode: str) -> int:
+  """``--mode=M``: ``benchmarks/M.py``'s run(flags) and markdown(results)."""
+  if not (ROOT / 'benchmarks' / f'{mode}.py').is_file():
+    modes = sorted(p.stem for p in (ROOT / 'benchmarks').glob('*.py')
+                   if 'def run(' in p.read_text())
+    print(f'error: --mode {mode!r}: no benchmarks/{mode}.py; choose gatys or one of '
+          f'{", ".join(modes)}', file=sys.stderr)
+    return 1
+  module = importlib.import_module(f'benchmarks.{mode}')
+  results = module.run({name: FLAGS[name].value for name in FLAGS})
+  if FLAGS.output_json:
+    Path(FLAGS.output_json).parent.mkdir(parents=True, exist_ok=True)
+    Path(FLAGS.output_json).write_text(json.dumps(results, indent=1))
+  md = module.markdown(results)
+  print(md)
+  if FLAGS.results_md:
+    with open(FLAGS.results_md, 'a') as f:
+      f.write(md + '\n')
+  return 0
+
+
 def main(argv):
   del argv
-  from nst_jax import benchmark as bm
+  if FLAGS.mode != 'gatys':
+    return _run_mode(FLAGS.mode)
+  from benchmarks import harness as bm
   content, style = _default_images()
   sizes = [int(s) for s in FLAGS.sizes]
   report = {'date': datetime.datetime.now().isoformat(timespec='seconds'),
             'cpu': bm.cpu_model(), 'cores': os.cpu_count(), 'content': content, 'style': style,
             'note': FLAGS.note, 'results': []}
-  print(f'benchmark on {report["cpu"]} ({report["cores"]} cores); {Path(content).name} + '
-        f'{Path(style).name}', flush=True)
+  print(f'nst_jax: benchmark on {report["cpu"]} ({report["cores"]} cores); '
+        f'{Path(content).name} + {Path(style).name}', file=sys.stderr, flush=True)
   with tempfile.TemporaryDirectory() as tmp:
     for size in sizes:
       _, c, _ = bm.load_problem(content, style, size)

@@ -17,6 +17,7 @@ instead. Needs torch (``pip install torch==2.13.0``).
 import functools
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -51,12 +52,13 @@ def _jax_run(chunk, x0, params, targets, loss_weights, opt, n, timing_chunk):
   x = jnp.asarray(x0)
   state = opt.init(x)
   # n=0 compiles the program without stepping (the count is a traced int).
-  jax.block_until_ready(chunk(x, state, params, targets, loss_weights, jnp.int32(0)))
+  key, start = jax.random.key(0), jnp.int32(0)  # Unused by this objective.
+  jax.block_until_ready(chunk(x, state, targets, params, loss_weights, key, start, jnp.int32(0)))
   per_iter, done = [], 0
   while done < n:
     k = min(timing_chunk, n - done)
     t0 = time.perf_counter()
-    x, state, _, info = chunk(x, state, params, targets, loss_weights, jnp.int32(k))
+    x, state, _, info = chunk(x, state, targets, params, loss_weights, key, start, jnp.int32(k))
     jax.block_until_ready(x)
     per_iter.append((time.perf_counter() - t0) / k)
     if bool(info.bad):
@@ -76,8 +78,9 @@ def main(argv):
   from nst_jax import image_io
   from nst_jax import lbfgs
   from nst_jax import losses
-  from nst_jax import transfer
-  from nst_jax import torch_twin
+  from nst_jax import engine
+  sys.path.insert(0, str(ROOT))  # benchmarks/, beside the package
+  from benchmarks import torch_twin
   from nst_jax import weights as weights_lib
 
   jax.config.update('jax_default_matmul_precision', 'float32')
@@ -103,7 +106,7 @@ def main(argv):
       params, jnp.asarray(content), [jnp.asarray(style)], jnp.ones(1))
   objective = jax.jit(functools.partial(losses.total_loss, spec=spec))
   opt = lbfgs.scale_by_torch_lbfgs(FLAGS.history)
-  chunk = jax.jit(transfer.make_chunk_fn(spec, opt))
+  chunk = jax.jit(engine.make_chunk_fn(spec, opt))
   x_jax, jax_times = _jax_run(chunk, x0, params, targets, loss_weights, opt, n,
                               FLAGS.timing_chunk)
   print(f'jax: done, {statistics.median(jax_times) * 1e3:.1f} ms/iteration', flush=True)
@@ -152,7 +155,7 @@ def main(argv):
   if FLAGS.with_optax_lbfgs:
     # optax.lbfgs needs the value and a value_fn for its zoom line search.
     opt2 = optax.lbfgs(memory_size=FLAGS.history)
-    chunk2 = jax.jit(transfer.make_chunk_fn(spec, opt2, needs_value=True))
+    chunk2 = jax.jit(engine.make_chunk_fn(spec, opt2, needs_value=True))
     x_opt, opt_times = _jax_run(chunk2, x0, params, targets, loss_weights, opt2, n,
                                 FLAGS.timing_chunk)
     results['final_objective_optax_lbfgs'] = score(np.asarray(x_opt))[0]

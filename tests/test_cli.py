@@ -468,6 +468,9 @@ def test_same_flags_same_bytes_and_missing_folder_created(tmp_path, cache_dir):
                     f'--output_image={out}', '--num_iterations=4', '--image_size=64',
                     '--print_iter=0', '--save_iter=0', '--seed=3'], cache_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # User messages are plain lines on stderr: no absl/log prefix, nothing on stdout.
+    assert not proc.stdout and proc.stderr.startswith('nst_jax: '), proc.stderr
+    assert not re.search(r'^[IWEF]\d{4} ', proc.stderr, re.M), proc.stderr
   assert np.asarray(Image.open(outs[0])).shape == (48, 64, 3)
   assert outs[0].read_bytes() == outs[1].read_bytes()
 
@@ -492,12 +495,12 @@ def test_divergence_names_term_and_keeps_finite_image(tmp_path, cache_dir):
 
 
 def _wait_for_iteration(proc, at_least, timeout=180):
-  """Reads stdout until a progress line reports iteration >= at_least."""
+  """Reads stderr until a progress line reports iteration >= at_least."""
   seen = []
   watchdog = threading.Timer(timeout, proc.kill)  # A hung run must not hang the tests.
   watchdog.start()
   try:
-    for line in proc.stdout:
+    for line in proc.stderr:
       seen.append(line)
       m = re.search(r'iter\s+(\d+)/', line)
       if m and int(m.group(1)) >= at_least:
@@ -534,7 +537,7 @@ def test_sigint_checkpoint_resume_bit_identical(tmp_path, cache_dir):
 
   resumed = run_cli([f'--resume={ckpt}'], cache_dir)
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-  assert f'{40 - stopped} iterations' in resumed.stdout, resumed.stdout
+  assert f'{40 - stopped} iterations' in resumed.stderr, resumed.stderr
   assert not ckpt.exists()  # Consumed by the successful resume.
 
   straight = tmp_path / 'straight.png'
@@ -561,27 +564,51 @@ def test_resume_warns_about_ignored_flags(tmp_path, cache_dir):
 
 def test_memory_refusal_states_largest_fitting_size():
   config = config_lib.StyleConfig(image_size=4096)
-  budget = memory.estimate_peak_bytes(*memory.scaled_hw((48, 64), 500), config) + 1
+  budget = memory.estimate_peak_bytes(*image_io.longest_side_shape((48, 64), 500), config) + 1
   with pytest.raises(config_lib.ConfigError) as e:
-    cli_support.check_memory((48, 64), config, budget=budget)
-  fit = int(re.search(r'--image_size=(\d+)', str(e.value)).group(1))
+    config_lib.plan(config, (48, 64), [(48, 64)], budget=budget)
+  fit = int(re.search(r'`image_size`=(\d+)', str(e.value)).group(1))
   assert fit >= 500
-  assert memory.estimate_peak_bytes(*memory.scaled_hw((48, 64), fit), config) <= budget
-  assert memory.estimate_peak_bytes(*memory.scaled_hw((48, 64), fit + 1), config) > budget
-  cli_support.check_memory((48, 64), dataclasses.replace(config, image_size=fit),
-                           budget=budget)
+  assert memory.estimate_peak_bytes(*image_io.longest_side_shape((48, 64), fit), config) <= budget
+  assert memory.estimate_peak_bytes(*image_io.longest_side_shape((48, 64), fit + 1),
+                                    config) > budget
+  config_lib.plan(dataclasses.replace(config, image_size=fit), (48, 64), [(48, 64)],
+                  budget=budget)
 
 
 def test_memory_refusal_when_nothing_fits():
   with pytest.raises(config_lib.ConfigError, match='free some memory'):
-    cli_support.check_memory((48, 64), config_lib.StyleConfig(), budget=1)
+    config_lib.plan(config_lib.StyleConfig(), (48, 64), [(48, 64)], budget=1)
 
 
-def test_scaled_hw_matches_resize_longest():
+def test_longest_side_shape_matches_resize_longest():
   for hw in [(48, 64), (64, 48), (3, 1000), (999, 1001), (5, 2)]:
     for size in (16, 63, 64, 257):
       image = np.zeros((*hw, 3), np.float32)
-      assert image_io.resize_longest(image, size).shape[:2] == memory.scaled_hw(hw, size)
+      assert image_io.resize_longest(image, size).shape[:2] == image_io.longest_side_shape(hw, size)
+
+
+def test_flags_are_generated_from_the_config_fields():
+  # Every StyleConfig field is a flag of both scripts, with the field's help text.
+  for script in (SCRIPT, 'scripts/matrix.py'):
+    proc = subprocess.run([sys.executable, script, '--helpfull'], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    for f in dataclasses.fields(config_lib.StyleConfig):
+      assert re.search(rf'--(\[no\])?{f.name}:', proc.stdout), (script, f.name)
+      assert f.metadata['help'].split()[0] in proc.stdout
+
+
+def test_help_leads_with_examples_and_groups_the_flags():
+  proc = subprocess.run([sys.executable, SCRIPT, '--help'], cwd=ROOT, capture_output=True,
+                        text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  text = proc.stdout
+  assert text.lstrip().startswith('Stylize a photo')
+  assert text.count('python scripts/stylize.py --') >= 3
+  order = [text.index(f'\n{g}:\n') for g in ('inputs and output', 'the objective',
+                                              'the optimizer', 'colour and scales', 'run control')]
+  assert order == sorted(order)
+  assert text.index('--content_image') < order[1] < text.index('--style_weight') < order[2]
 
 
 def _fail_first_saves(monkeypatch, n):

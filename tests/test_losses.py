@@ -16,7 +16,7 @@ from nst_jax import image_io
 from nst_jax import losses
 
 torch = pytest.importorskip('torch')
-from nst_jax import torch_twin  # noqa: E402  (needs torch)
+from benchmarks import torch_twin  # noqa: E402  (needs torch)
 
 from conftest import rel_err, shared_image  # noqa: E402
 

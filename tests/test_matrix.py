@@ -16,8 +16,8 @@ _SCRIPT = textwrap.dedent('''
     os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
     import jax, numpy as np
     jax.config.update('jax_default_matmul_precision', 'float32')
-    from nst_jax import matrix, transfer as st, weights
-    from nst_jax.config import StyleConfig
+    from nst_jax import matrix, transfer, weights
+    from nst_jax.config import StyleConfig, StyleSpec
     rng = np.random.default_rng(0)
     def img(h, w, k):
         yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
@@ -28,15 +28,16 @@ _SCRIPT = textwrap.dedent('''
     cfg = StyleConfig(image_size=64, num_iterations=20, print_iter=5, save_iter=0)
     ws = weights.load()
     layouts = []
-    cells = matrix.stylize_many(contents, [matrix.StyleSpec((s,)) for s in styles], cfg,
+    cells = matrix.stylize_many(contents, [StyleSpec((s,)) for s in styles], cfg,
                                 weights=ws, callback=layouts.append)
     diffs = []
     for c in cells:
-        ref = st.stylize(contents[c.content_index], [styles[c.style_index]], cfg, weights=ws)
+        ref = transfer.stylize(contents[c.content_index], [styles[c.style_index]], cfg, weights=ws)
         diffs.append(float(np.abs(c.image - ref.image).max()))
     print(json.dumps({'devices': len(jax.devices()), 'cells': len(cells), 'diffs': diffs,
                       'batch_devices': [p.batch_devices for p in layouts],
-                      'shard_batch': [p.shard_batch for p in layouts]}))
+                      'shard_batch': [p.shard_batch for p in layouts],
+                      'compiling': [p.compiling for p in layouts]}))
 ''')
 
 
@@ -51,44 +52,31 @@ def test_sharded_matrix_equals_sequential(caffe_weights):
   # 6 problems of one shape padded to 8, laid out as 4 devices x 2 problems.
   assert set(out['batch_devices']) == {4}
   assert set(out['shard_batch']) == {2}
+  assert out['compiling'][0] and not any(out['compiling'][1:])
   assert max(out['diffs']) <= 1e-4, out['diffs']
 
 
 def test_parse_style_spec():
-  from nst_jax import matrix
-  s = matrix.parse_style_spec('a.jpg@2+b.jpg')
+  from nst_jax.config import parse_style_spec
+  s = parse_style_spec('a.jpg@2+b.jpg')
   assert s.images == ('a.jpg', 'b.jpg') and s.blend_weights == (2.0, 1.0)
   assert s.label == 'a+b'
 
 
-def test_bad_input_is_reported_and_the_rest_run(caffe_weights, tmp_path):
+def test_a_cell_that_cannot_run_is_reported_and_the_rest_run(caffe_weights):
   from nst_jax import matrix
-  from nst_jax.config import StyleConfig
-  bad = tmp_path / 'broken.png'
-  bad.write_bytes(b'not a png')
+  from nst_jax.config import StyleConfig, StyleSpec
   good = np.random.default_rng(1).random((48, 64, 3)).astype(np.float32)
   style = np.random.default_rng(2).random((40, 40, 3)).astype(np.float32)
   cfg = StyleConfig(image_size=32, num_iterations=3, print_iter=0, save_iter=0,
                     style_layers=('relu1_1', 'relu2_1'), content_layers=('relu2_2',))
-  cells = matrix.stylize_many([good, str(bad)], [matrix.StyleSpec((style,))], cfg,
-                              weights=caffe_weights)
-  assert len(cells) == 2
-  by_row = {c.content_index: c for c in cells}
-  assert by_row[0].image is not None and np.isfinite(by_row[0].image).all()
-  assert by_row[1].image is None and 'broken.png' in by_row[1].error
-
-
-def test_grid_image_layout():
-  from nst_jax import matrix
-  contents = [np.zeros((20, 30, 3), np.float32), np.ones((30, 20, 3), np.float32)]
-  styles = [np.full((10, 10, 3), 0.5, np.float32)] * 3
-  cells = [matrix.CellResult(i, j, np.full((16, 16, 3), 0.25, np.float32), {})
-           for i in range(2) for j in range(3)]
-  grid = matrix.grid_image(contents, styles, cells, cell_size=64,
-                           content_labels=['a', 'b'], style_labels=['x', 'y', 'z'])
-  assert grid.shape == (3 * 64, 4 * 64, 3)
-  # The centre of cell (row 2, column 3) is the cell's image value.
-  np.testing.assert_allclose(grid[2 * 64 + 32, 3 * 64 + 32], 0.25, atol=1 / 255)
+  seen = []
+  cells = matrix.stylize_many([good], [StyleSpec((style,)), StyleSpec((style,), (1.0, 2.0))],
+                              cfg, weights=caffe_weights, on_cell=seen.append)
+  assert [(c.content_index, c.style_index) for c in cells] == [(0, 0), (0, 1)]
+  assert cells[0].image is not None and np.isfinite(cells[0].image).all()
+  assert cells[1].image is None and '2 values for 1 style image' in cells[1].error
+  assert len(seen) == 2
 
 
 def test_default_batch_size_caps_cpu_pixels_and_memory():

@@ -1,20 +1,27 @@
-"""End-to-end runs of nst_jax.transfer.stylize with the real Caffe VGG19.
+"""End-to-end runs of the engine (nst_jax.transfer) with the real Caffe VGG19.
 
 Small images and few iterations: the point is that the optimiser, the targets
 and the options are wired together correctly, not that the results are pretty.
 Run with ``pytest -s`` to see the measured Gram errors and PSNR.
 """
 
+import subprocess
+import sys
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import nst_jax
 from nst_jax import color
+from nst_jax import engine
 from nst_jax import image_io
 from nst_jax import losses
 from nst_jax import transfer
 from nst_jax import vgg
 from nst_jax.config import StyleConfig
+from nst_jax.config import plan
 
 from conftest import shared_image
 
@@ -61,7 +68,8 @@ def test_style_only_synthesis_matches_target_grams(caffe_weights, style):
   prep = caffe_weights.preprocessing
   spec = losses.LossSpec()
   params = caffe_weights.params
-  content_s, styles_s = transfer.prepare_images(style, [style], size, config)
+  scale = plan(config, style.shape[:2], [style.shape[:2]]).scales[0]
+  content_s, styles_s = transfer.prepare_images(style, [style], scale, config)
   targets = losses.make_targets(params, jnp.asarray(prep.apply(content_s)),
                                 [jnp.asarray(prep.apply(styles_s[0]))], [1.0], spec)
   feats = vgg.features(params, jnp.asarray(prep.apply(result.image))[None], spec.style_layers)
@@ -107,7 +115,8 @@ def test_luminance_mode_keeps_content_chroma(caffe_weights, content, style):
 
 def test_histogram_mode_matches_style_colour_statistics(content, style, style2):
   config = StyleConfig(image_size=48, color='histogram')
-  content_s, styles_s = transfer.prepare_images(content, [style, style2], 48, config)
+  scale = plan(config, content.shape[:2], [style.shape[:2], style2.shape[:2]]).scales[0]
+  content_s, styles_s = transfer.prepare_images(content, [style, style2], scale, config)
   c = content_s.reshape(-1, 3).astype(np.float64)
   for s in styles_s:
     s = s.reshape(-1, 3).astype(np.float64)
@@ -175,3 +184,82 @@ def test_identical_runs_are_bit_identical(caffe_weights, content, style, default
   again = _run(content, style, caffe_weights, image_size=32, num_iterations=5)
   assert np.array_equal(again.image, default_run.image)
   assert again.terms == default_run.terms
+
+
+# --- The engine: compilation, progress, public surface ----------------------
+
+
+def test_new_style_and_weights_compile_nothing(caffe_weights, content, style, style2):
+  # Weights, targets and loss weights are arguments of the compiled chunk: a
+  # second run at the same size with another style image (same shape) and
+  # other loss weights must not compile anything, not even a small op.
+  other = image_io.resize_to(style2, *style.shape[:2])
+  _run(content, style, caffe_weights, image_size=32, num_iterations=3, chunk_size=2)
+  compiles = []
+  listener = lambda event, *_, **__: compiles.append(event) if 'compile' in event else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    _run(content, other, caffe_weights, image_size=32, num_iterations=3, chunk_size=2,
+         content_weight=1.0, style_weight=1e4, tv_weight=0.1, style_layer_weights=(1, 2, 1, 1, 1))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert not [e for e in compiles if e == '/jax/core/compile/backend_compile_duration'], compiles
+
+
+def test_progress_compiling_steady_rate_and_eta(caffe_weights, content, style):
+  seen = []
+  # Sizes no other test uses: both programs are new, so each scale says so first.
+  config = StyleConfig(scales=(40, 72), num_iterations=(4, 4), print_iter=2, save_iter=0)
+  transfer.stylize(content, style, config, weights=caffe_weights, callback=seen.append)
+  assert [(p.scale_index, p.compiling) for p in seen] == [
+      (0, True), (0, False), (0, False), (1, True), (1, False), (1, False)]
+  assert not seen[0].terms
+  lines = [p for p in seen if not p.compiling]
+  assert lines[0].compile_seconds > 0 and lines[1].compile_seconds == 0
+  assert [(p.scale_index, p.iteration) for p in lines] == [(0, 2), (0, 4), (1, 2), (1, 4)]
+  assert all(p.iters_per_sec > 0 and np.isfinite(p.eta_seconds) for p in lines)
+  # At the end of scale 1 the ETA still holds all of scale 2 (3.2x the pixels).
+  end_of_1 = lines[1]
+  assert end_of_1.eta_seconds >= 3 * 4 / end_of_1.iters_per_sec
+  assert lines[-1].eta_seconds == 0
+
+
+def test_chunk_loop_passes_a_fresh_key_when_the_spec_asks(caffe_weights, monkeypatch):
+  # The hook for stochastic terms: spec.needs_key -> key=fold_in(seed key, iteration).
+  seen = []
+
+  def fake_total_loss(image, params, targets, loss_weights, spec, key):
+    jax.debug.callback(lambda k: seen.append(np.asarray(k)), jax.random.key_data(key))
+    return losses.tv_loss(image), {'tv': losses.tv_loss(image)}
+
+  class KeySpec(losses.LossSpec):
+    needs_key = True
+
+  monkeypatch.setattr(losses, 'total_loss', fake_total_loss)
+  chunk = jax.jit(engine.make_chunk_fn(KeySpec(), optax_sgd()))
+  x = jnp.ones((8, 8, 3))
+  key = jax.random.key(7)
+  chunk(x, optax_sgd().init(x), {}, caffe_weights.params, {}, key, jnp.int32(5), jnp.int32(3))
+  expected = [np.asarray(jax.random.key_data(jax.random.fold_in(key, i))) for i in (5, 6, 7)]
+  got = [k for k in seen if k.shape == expected[0].shape]
+  assert any(all(np.array_equal(a, b) for a, b in zip(got[j:j + 3], expected))
+             for j in range(len(got) - 2)), (got, expected)
+
+
+def optax_sgd():
+  import optax
+  return optax.sgd(0.1)
+
+
+def test_public_names_and_no_torch_on_import():
+  import ast
+  import inspect
+  tree = ast.parse(inspect.getsource(nst_jax))
+  checked = {alias.asname or alias.name for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom) and node.module != 'typing'
+             for alias in node.names}
+  assert checked == set(nst_jax.__all__)
+  code = ('import sys, nst_jax; a = "torch" in sys.modules; from nst_jax import stylize, '
+          'stylize_many, plan; print(a, "torch" in sys.modules)')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+  assert out.stdout.split() == ['False', 'False'], out

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from nst_jax import module
 from nst_jax import vgg
 
 torch = pytest.importorskip('torch')
-from nst_jax import torch_twin  # noqa: E402  (needs torch)
+from benchmarks import torch_twin  # noqa: E402  (needs torch)
 from conftest import rel_err  # noqa: E402
 
 RTOL = 1e-5  # relative to the largest magnitude of each tap
@@ -98,7 +99,7 @@ def test_vmap_and_remat(params):
 
 
 def test_nnx_module(params):
-  model = vgg.VGG19(params, pooling='avg')
+  model = module.VGG19(params, pooling='avg')
   x = jnp.ones((1, 32, 32, 3))
   out = model(x, ('relu2_2',))
   ref = vgg.features(params, x, ('relu2_2',), pooling='avg')

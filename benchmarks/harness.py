@@ -1,4 +1,4 @@
-"""Side-by-side benchmark of nst_jax and its PyTorch twin on the same objective.
+"""Side-by-side benchmark of nst_jax and its PyTorch twin on the same objective (harness).
 
 Both sides get the same weights, the same preprocessed images and the same
 initial image (written by the parent to a shared .npy). Each measurement runs
@@ -51,15 +51,15 @@ def run_jax(args: dict) -> dict:
   """Times nst_jax on one (size, optimizer); returns a JSON-able dict."""
   import jax
   import jax.numpy as jnp
-  from nst_jax import transfer as st
+  from nst_jax import optimizers
+  from nst_jax import engine
   from nst_jax.config import StyleConfig
   if args.get('matmul_precision'):
     jax.config.update('jax_default_matmul_precision', args['matmul_precision'])
   ws, content, style = load_problem(args['content'], args['style'], args['size'])
   config = StyleConfig(optimizer=args['optimizer'], precision=args.get('precision', 'float32'),
                        remat=args.get('remat', False), lbfgs_history=args['history'])
-  spec = losses.LossSpec(compute_dtype=None if config.precision == 'float32' else config.precision,
-                         remat=config.remat)
+  spec = engine.loss_spec(config)
   params = jax.device_put(ws.params)
   lw = losses.default_loss_weights(spec)
   targets = jax.jit(functools.partial(losses.make_targets, spec=spec))(
@@ -67,20 +67,21 @@ def run_jax(args: dict) -> dict:
   loss_fn = jax.jit(functools.partial(losses.total_loss, spec=spec))
   x = jnp.asarray(np.load(args['init']))
   loss0 = float(loss_fn(x, params, targets, lw)[0])
-  optimizer = st.make_optimizer(config)
-  chunk = jax.jit(st.make_chunk_fn(spec, optimizer), donate_argnums=(0, 1))
+  optimizer = optimizers.make_optimizer(config)
+  chunk = jax.jit(engine.make_chunk_fn(spec, optimizer), donate_argnums=(0, 1))
   opt_state = jax.jit(optimizer.init)(x)
   k = jnp.int32(args['chunk'])
+  key, start = jax.random.key(0), jnp.int32(0)
   t0 = time.perf_counter()
-  compiled = chunk.lower(x, opt_state, params, targets, lw, k).compile()
+  compiled = chunk.lower(x, opt_state, targets, params, lw, key, start, k).compile()
   compile_s = time.perf_counter() - t0
   # Warm-up chunk (first execution), then timed chunks.
-  x, opt_state, _, info = compiled(x, opt_state, params, targets, lw, k)
+  x, opt_state, _, info = compiled(x, opt_state, targets, params, lw, key, start, k)
   jax.block_until_ready(x)
   times = []
   for _ in range(args['repeats']):
     t0 = time.perf_counter()
-    x, opt_state, _, info = compiled(x, opt_state, params, targets, lw, k)
+    x, opt_state, _, info = compiled(x, opt_state, targets, params, lw, key, start, k)
     jax.block_until_ready(x)
     times.append((time.perf_counter() - t0) / args['chunk'])
   final = float(loss_fn(x, params, targets, lw)[0])
@@ -102,7 +103,7 @@ def run_jax(args: dict) -> dict:
 def run_torch(args: dict) -> dict:
   """Times the PyTorch twin on one (size, optimizer)."""
   import torch
-  from nst_jax import torch_twin as tt
+  from benchmarks import torch_twin as tt
   ws, content, style = load_problem(args['content'], args['style'], args['size'])
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   tp = tt.params_to_torch(ws.params, device)
@@ -185,13 +186,13 @@ def run_conv_floor(args: dict) -> dict:
       if name in pooled:
         shapes.append(x.shape)
         x = x[:, ::2, ::2]
-      x = vgg._conv(x, p[name]['kernel'])
+      x = vgg.conv(x, p[name]['kernel'])
     return x, shapes
 
   def forward_backward(x, p):
     g, shapes = forward(x, p)
     for name in reversed(names):
-      g = vgg._conv(g, vgg.backward_kernel(p[name]['kernel']))
+      g = vgg.conv(g, vgg.backward_kernel(p[name]['kernel']))
       if name in pooled:
         g = jnp.zeros(shapes.pop(), g.dtype).at[:, ::2, ::2].set(g)
     return g
@@ -222,10 +223,10 @@ def run_conv_floor(args: dict) -> dict:
 
 def run_child(side: str, args: dict, timeout: float = 3600) -> dict:
   """Runs one measurement in a fresh interpreter and returns its JSON."""
-  code = ('import json, sys; from nst_jax import benchmark as b; '
+  code = ('import json, sys; from benchmarks import harness as b; '
           f'print("BENCH_JSON " + json.dumps(b.run_{side}(json.loads(sys.argv[1]))))')
   proc = subprocess.run([sys.executable, '-c', code, json.dumps(args)], capture_output=True,
-                        text=True, timeout=timeout)
+                        text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1])
   for line in proc.stdout.splitlines():
     if line.startswith('BENCH_JSON '):
       return json.loads(line[len('BENCH_JSON '):])
@@ -238,7 +239,7 @@ def parity_check(content_path, style_path, size: int, init: np.ndarray) -> dict:
   import jax
   import jax.numpy as jnp
   import torch
-  from nst_jax import torch_twin as tt
+  from benchmarks import torch_twin as tt
   ws, content, style = load_problem(content_path, style_path, size)
   spec = losses.LossSpec()
   params = jax.device_put(ws.params)
@@ -274,7 +275,8 @@ def run_jax_end_to_end(args: dict) -> dict:
   """
   import jax
   import jax.numpy as jnp
-  from nst_jax import transfer as st
+  from nst_jax import optimizers
+  from nst_jax import engine
   from nst_jax.config import StyleConfig
   ws = weights_lib.load()
   prep = ws.preprocessing
@@ -282,24 +284,25 @@ def run_jax_end_to_end(args: dict) -> dict:
   content = image_io.resize_to(image_io.load_image(args['content']), size, size)
   style = image_io.resize_longest(image_io.load_image(args['style']), size)
   config = StyleConfig(precision=args.get('precision', 'float32'))
-  spec = losses.LossSpec(compute_dtype=None if config.precision == 'float32' else config.precision)
+  spec = engine.loss_spec(config)
   params = jax.device_put(ws.params)
   lw = losses.default_loss_weights(spec)
   targets = jax.jit(functools.partial(losses.make_targets, spec=spec))(
       params, jnp.asarray(prep.apply(content)), [jnp.asarray(prep.apply(style))],
       jnp.ones((1,), jnp.float32))
-  optimizer = st.make_optimizer(config)
-  chunk = jax.jit(st.make_chunk_fn(spec, optimizer), donate_argnums=(0, 1))
+  optimizer = optimizers.make_optimizer(config)
+  chunk = jax.jit(engine.make_chunk_fn(spec, optimizer), donate_argnums=(0, 1))
   x = 0.001 * jax.random.normal(jax.random.key(0), (size, size, 3), jnp.float32)
   opt_state = jax.jit(optimizer.init)(x)
   n = jnp.int32(args['chunk'])
+  key, start = jax.random.key(0), jnp.int32(0)
   t0 = time.perf_counter()
-  compiled = chunk.lower(x, opt_state, params, targets, lw, n).compile()
+  compiled = chunk.lower(x, opt_state, targets, params, lw, key, start, n).compile()
   compile_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   done = 0
   while done < args['iterations']:
-    x, opt_state, _, info = compiled(x, opt_state, params, targets, lw, n)
+    x, opt_state, _, info = compiled(x, opt_state, targets, params, lw, key, start, n)
     done += int(info.done)  # host sync, as the CLI's progress line
   seconds = time.perf_counter() - t0
   return {'iterations': done, 'seconds': seconds, 'compile_s': compile_s,
