@@ -77,6 +77,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
   print(f'warning: {flag_message(message)}', file=file or sys.stderr, flush=True)
 
 
+def show_warnings_on_one_line() -> None:
+  """Python warnings print as ``warning: MESSAGE`` (no source file or line)."""
+  warnings.showwarning = _show_warning
+
+
 # ----------------------------------------------------------------------------
 # Flags.
 
@@ -139,7 +144,7 @@ def run(main: Callable[[list[str]], int], examples: str,
   def quiet_main(argv):
     if not FLAGS['verbosity'].present:  # absl log lines are debug detail.
       absl_logging.set_verbosity(absl_logging.ERROR)
-    warnings.showwarning = _show_warning
+    show_warnings_on_one_line()
     if len(argv) > 1:
       return fail(f'unexpected arguments {argv[1:]}; all options are --flags')
     try:
