@@ -17,6 +17,7 @@ and no file is written. Files are written under a temporary name and renamed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -308,21 +309,31 @@ def _say(message: str) -> None:
   print(f'nst_jax: {message}', file=sys.stderr, flush=True)
 
 
-def _load_net():
+def _style_names(metadata) -> list[str]:
+  """Names of a trained net's styles (scripts/train_fast.py's ``trained_styles``)."""
+  try:
+    trained = {int(k): str(v) for k, v in json.loads(metadata.get('trained_styles', '{}')).items()}
+  except (ValueError, TypeError, AttributeError):
+    return []
+  return [trained.get(k, '') for k in range(max(trained, default=-1) + 1)]
+
+
+def _load_net(with_metadata: bool = False):
   """The CIN network: --net, or the pretrained 26-style one."""
   from nst_jax import cin_net
   from nst_jax import realtime_weights
   from nst_jax import weights as weights_lib
   if FLAGS.net:
     try:
-      params, _ = cin_net.load(FLAGS.net)
+      params, metadata = cin_net.load(FLAGS.net)
     except weights_lib.WeightsError as e:
       # The loader's advice is for the ported weights; a --net file is the user's own.
       detail = str(e).split('; delete it', 1)[0]
       raise weights_lib.WeightsError(f'--net {FLAGS.net!r}: {detail}; pass a .safetensors '
                                      'file written by the training script') from None
-    return params
-  return realtime_weights.load_multistyle26()[0]
+  else:
+    params, metadata = realtime_weights.load_multistyle26()
+  return (params, metadata) if with_metadata else params
 
 
 def _stylizer(plan: _Plan, style_rgbs):
@@ -364,12 +375,13 @@ def _run() -> int:
 
   if plan.sheet:
     from nst_jax import cin_net
-    params = _load_net()
+    params, metadata = _load_net(with_metadata=True)
     tile = FLAGS.image_size if FLAGS['image_size'].present and FLAGS.image_size else SHEET_TILE
     photo = image_io.resize_longest(contents[0], tile)
     t0 = time.perf_counter()
     result = realtime.style_sheet(params, photo, precision=FLAGS.precision,
-                                  batch_size=FLAGS.batch_size)
+                                  batch_size=FLAGS.batch_size,
+                                  style_names=_style_names(metadata))
     image_io.save_image(plan.outputs[0], result.image)
     h, w = result.image.shape[:2]
     _say(f'wrote {plan.outputs[0]} ({cin_net.num_styles_of(params)} styles, {w}x{h}, '
