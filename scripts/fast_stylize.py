@@ -60,8 +60,9 @@ flags.DEFINE_float('strength', 1.0, 'How much style, 0 to 1. With --style_image:
                    'result cross-faded with the photo.')
 flags.DEFINE_bool('preserve_colors', False, 'Keep the photo\'s colours (only the '
                   'luminance of the result is kept).')
-flags.DEFINE_string('net', None, 'A trained 26-style (CIN) network, .safetensors, instead of '
-                    'the built-in one (for --style and --sheet).')
+flags.DEFINE_string('net', None, 'A multi-style (CIN) network trained with '
+                    'scripts/train_fast.py, .safetensors, instead of the built-in one (for '
+                    '--style and --sheet).')
 flags.DEFINE_bool('sheet', False, 'Write a labelled sheet of all built-in styles on one '
                   '--content_image (tiles of --image_size, default 256 px).')
 # Size and speed.
