@@ -49,6 +49,31 @@ def _extension(path) -> str:
   return os.path.splitext(os.fspath(path))[1].lower()
 
 
+def _check_file(path, shown: str) -> None:
+  """Refuses a path that is missing, unreadable, not a regular file or empty."""
+  try:
+    info = os.stat(path)
+  except FileNotFoundError:
+    raise ImageError(f'{shown} not found; check the path (relative paths '
+                     f'start from {os.getcwd()!r})') from None
+  except PermissionError:
+    raise ImageError(f'{shown}: permission denied; make the file and its '
+                     f'folders readable, or copy it somewhere '
+                     f'readable') from None
+  except OSError as e:
+    raise ImageError(f'{shown} cannot be accessed ({e.strerror or e}); '
+                     f'check the path') from None
+  if stat.S_ISDIR(info.st_mode):
+    raise ImageError(f'{shown} is a directory, not an image file; pass the '
+                     f'path of an image file inside it')
+  # Opening a FIFO or a device would block or read forever.
+  if not stat.S_ISREG(info.st_mode):
+    raise ImageError(f'{shown} is not a regular file; pass an image file')
+  if info.st_size == 0:
+    raise ImageError(f'{shown} is empty (0 bytes); re-export or re-download '
+                     f'it')
+
+
 def load_image(path, *, what: str = 'image') -> np.ndarray:
   """Reads an image file as RGB floats.
 
@@ -75,27 +100,7 @@ def load_image(path, *, what: str = 'image') -> np.ndarray:
     ImageError: the file cannot be used; the message names it and says why.
   """
   shown = f'{what} {_show(path)}'
-  try:
-    info = os.stat(path)
-  except FileNotFoundError:
-    raise ImageError(f'{shown} not found; check the path (relative paths '
-                     f'start from {os.getcwd()!r})') from None
-  except PermissionError:
-    raise ImageError(f'{shown}: permission denied; make the file and its '
-                     f'folders readable, or copy it somewhere '
-                     f'readable') from None
-  except OSError as e:
-    raise ImageError(f'{shown} cannot be accessed ({e.strerror or e}); '
-                     f'check the path') from None
-  if stat.S_ISDIR(info.st_mode):
-    raise ImageError(f'{shown} is a directory, not an image file; pass the '
-                     f'path of an image file inside it')
-  # Opening a FIFO or a device would block or read forever.
-  if not stat.S_ISREG(info.st_mode):
-    raise ImageError(f'{shown} is not a regular file; pass an image file')
-  if info.st_size == 0:
-    raise ImageError(f'{shown} is empty (0 bytes); re-export or re-download '
-                     f'it')
+  _check_file(path, shown)
 
   try:
     fh = open(path, 'rb')

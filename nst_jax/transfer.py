@@ -255,7 +255,7 @@ def _run_scale(p: Plan, s: int, x, opt_state, it: int, prepared: Prepared, obj: 
   clock.compile_seconds = max(clock.compile_seconds, compile_s)
   terms, seconds = {}, 0.0
   for c in engine.run_chunks(step, x, opt_state, it, total, config.chunk_size,
-                      (config.print_iter, config.save_iter)):
+                             (config.print_iter, config.save_iter)):
     x, opt_state, it, seconds = c.x, c.opt_state, c.iteration, seconds + c.seconds
     terms = {k: float(v) for k, v in c.info.terms.items()}
     if bool(c.info.bad):

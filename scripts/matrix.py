@@ -8,6 +8,7 @@ optimised together, sharded over all local devices. Exit status 1 if any cell
 failed (the others are still written).
 """
 
+import re
 import time
 from pathlib import Path
 
@@ -54,6 +55,14 @@ def _load(paths, what):
   return images, errors
 
 
+def _short(error: str) -> str:
+  """``content image 2 '/x/a.png' is empty (0 bytes); ...`` -> ``a.png is empty (0 bytes)``."""
+  match = re.match(r".*?'([^']+)'(.*)", error)
+  if not match:
+    return error
+  return (Path(match[1]).name + match[2]).split(';')[0].split(' (Pillow')[0]
+
+
 def main(argv):
   del argv
   if not FLAGS.content_images or not FLAGS.styles:
@@ -72,6 +81,9 @@ def main(argv):
   from nst_jax import matrix
   cli_support.say(f'{len(contents)} contents x {len(specs)} styles on {len(jax.devices())} '
                   f'device(s) ({jax.devices()[0].platform})')
+  for error in content_errors + [e for _, errors in style_sets for e in errors]:
+    if error:  # Its row or column fails; the other cells still run.
+      cli_support.say(f'failed: {error}')
   good_c = [i for i, c in enumerate(contents) if c is not None]
   good_s = [j for j, (images, _) in enumerate(style_sets)
             if all(i is not None for i in images)]
@@ -114,9 +126,9 @@ def main(argv):
 def _write_grid(out, contents, content_errors, specs, style_sets, cells):
   """grid.png: a failed input says why in its header and in each of its cells."""
   from nst_jax import sheet
-  styles = [images[0] if all(i is not None for i in images) else next(e for e in errors if e)
-            for images, errors in style_sets]
-  rows = [c if c is not None else e for c, e in zip(contents, content_errors)]
+  styles = [images[0] if all(i is not None for i in images) else
+            _short(next(e for e in errors if e)) for images, errors in style_sets]
+  rows = [c if c is not None else _short(e) for c, e in zip(contents, content_errors)]
   grid = [[cells.get((i, j), rows[i] if isinstance(rows[i], str) else styles[j]
                      if isinstance(styles[j], str) else None)
            for j in range(len(specs))] for i in range(len(contents))]

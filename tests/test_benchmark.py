@@ -18,7 +18,8 @@ def test_benchmark_script_small(caffe_weights, tmp_path):
   out_json, out_md = tmp_path / 'bench.json', tmp_path / 'RESULTS.md'
   proc = subprocess.run(
       [sys.executable, str(ROOT / 'scripts' / 'benchmark.py'), '--sizes=64',
-       '--optimizers=lbfgs,adam', '--repeats=1', '--chunk=3',
+       '--optimizers=lbfgs,adam', '--repeats=1', '--chunk=3', '--steady_sizes=64',
+       '--steady_warmup=4',
        f'--content={data / "chelsea.png"}', f'--style={data / "ihc.png"}',
        f'--output_json={out_json}', f'--results_md={out_md}'],
       capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -36,6 +37,13 @@ def test_benchmark_script_small(caffe_weights, tmp_path):
   # Same objective after equal Adam steps, within the project's 2% criterion
   # (Adam's per-pixel normalisation turns float32 rounding in tiny gradients
   # into full-size steps, so the sides drift apart slowly: 0.3% here).
+  # L-BFGS steady state: 4 more untimed iterations, then a timed chunk, on both
+  # sides; each side's history holds one pair per iteration after the first.
+  lbfgs = report['results'][0]
+  for row in lbfgs['rows']:
+    assert row['steady_iter_s'] > 0 and row['steady_after_iterations'] == 10
+  assert lbfgs['rows'][0]['steady_pairs'] == lbfgs['rows'][1]['steady_pairs'] > 6
+  assert 'steady_iter_s' not in report['results'][1]['rows'][0]  # Adam: early only
   adam = report['results'][1]
   assert abs(adam['objective_ratio_jax_over_torch'] - 1) < 0.02
   floor = report['conv_floor']['64']
@@ -43,3 +51,13 @@ def test_benchmark_script_small(caffe_weights, tmp_path):
   md = out_md.read_text()
   assert '| 64x43 | lbfgs | jax |' in md and '| 64x43 | adam | torch |' in md
   assert 'convolutions of one iteration alone' in md
+  assert 'L-BFGS at steady state' in md
+
+
+def test_benchmark_mode_dispatch():
+  # --mode=M runs benchmarks/M.py; an unknown mode is refused, naming the known ones.
+  proc = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'benchmark.py'),
+                         '--mode=no_such_mode'], capture_output=True, text=True, timeout=120,
+                        cwd=ROOT)
+  assert proc.returncode == 1
+  assert 'no_such_mode' in proc.stderr and 'gatys' in proc.stderr
