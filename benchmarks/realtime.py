@@ -41,6 +41,7 @@ DEFAULTS = {
     'startup': True, 'startup_size': [480, 640],
     'large': True, 'large_size': [3072, 4096],  # height, width
     'style': 19,
+    'keep_freed_memory': True,  # nst_jax.host_memory, as the scripts do
 }
 
 
@@ -205,6 +206,9 @@ def _peak_rss_bytes() -> int:
 def _child_main(kind: str, args: dict) -> dict:
   """In a fresh process: the first call at a new size, or the large photo."""
   start = time.perf_counter()
+  from nst_jax import host_memory
+  if args.get('keep_freed_memory', True):
+    host_memory.keep_freed_memory()
   import jax
   if args.get('cache_dir'):
     jax.config.update('jax_compilation_cache_dir', args['cache_dir'])
@@ -235,9 +239,10 @@ def _child_main(kind: str, args: dict) -> dict:
 def _startup_row(f) -> dict:
   size = list(f['startup_size'])
   with tempfile.TemporaryDirectory() as cache:
-    cold = _child('startup', {'size': size})
-    _child('startup', {'size': size, 'cache_dir': cache})  # fills the cache
-    warm = _child('startup', {'size': size, 'cache_dir': cache})
+    keep = f['keep_freed_memory']
+    cold = _child('startup', {'size': size, 'keep_freed_memory': keep})
+    _child('startup', {'size': size, 'cache_dir': cache, 'keep_freed_memory': keep})  # fills it
+    warm = _child('startup', {'size': size, 'cache_dir': cache, 'keep_freed_memory': keep})
   row = {'size': size, 'first_call_s': cold['first_call_s'],
          'first_call_cached_s': warm['first_call_s'], 'import_and_load_s': cold['import_and_load_s']}
   print(f'  first call at {size[0]}x{size[1]}: {row["first_call_s"]:.2f} s, with the '
@@ -246,7 +251,8 @@ def _startup_row(f) -> dict:
 
 
 def _large_row(f) -> dict:
-  got = _child('large', {'size': list(f['large_size'])})
+  got = _child('large', {'size': list(f['large_size']),
+                         'keep_freed_memory': f['keep_freed_memory']})
   row = {'size': list(f['large_size']), **got}
   print(f'  {row["size"][1]}x{row["size"][0]} photo: first call {got["first_call_s"]:.1f} s, '
         f'warm {got["warm_call_s"]:.1f} s, peak RSS {got["peak_rss_bytes"] / 2**30:.2f} GiB',
@@ -256,12 +262,15 @@ def _large_row(f) -> dict:
 
 def run(flags: dict) -> dict:
   """Runs the measurements named in ``flags`` (see ``DEFAULTS``); returns a JSON-able dict."""
+  f = {**DEFAULTS, **(flags or {})}
+  from nst_jax import host_memory
+  kept = f['keep_freed_memory'] and host_memory.keep_freed_memory()  # before JAX runs
   import jax
   import onnxruntime
-  f = {**DEFAULTS, **(flags or {})}
   results = {'device': f'{jax.devices()[0].platform}:{jax.devices()[0].device_kind}',
              'cpu': _cpu_model(), 'cores': os.cpu_count(), 'jax': jax.__version__,
-             'onnxruntime': onnxruntime.__version__, 'repeats': f['repeats'], 'rows': []}
+             'onnxruntime': onnxruntime.__version__, 'repeats': f['repeats'],
+             'keep_freed_memory': kept, 'rows': []}
   models = _models()
   if f['sizes']:
     results['rows'] += _multistyle26_rows(f, models)
@@ -291,7 +300,8 @@ def markdown(results: dict) -> str:
   """The results as markdown tables."""
   lines = [f'Device {results["device"]} ({results["cpu"]}, {results["cores"]} cores), '
            f'jax {results["jax"]}, onnxruntime {results["onnxruntime"]} (2 threads, no '
-           f'spinning); median of {results["repeats"]} warm calls, alternating.', '',
+           f'spinning); median of {results["repeats"]} warm calls, alternating; '
+           f'keep_freed_memory {results.get("keep_freed_memory")}.', '',
            '| network | size | nst_jax ms | onnxruntime ms | onnxruntime / nst_jax | plain nst_jax ms |',
            '|---|---|---|---|---|---|']
   for r in results['rows']:
@@ -323,7 +333,8 @@ def main(argv):
   results = run({'sizes': [int(s) for s in f.sizes],
                  'arbitrary_sizes': [int(s) for s in f.arbitrary_sizes],
                  'repeats': f.repeats, 'plain': f.plain, 'batch': f.batch,
-                 'startup': f.startup, 'large': f.large})
+                 'startup': f.startup, 'large': f.large,
+                 'keep_freed_memory': f.keep_freed_memory})
   if f.output_json:
     tmp = f.output_json + '.tmp'
     with open(tmp, 'w') as fh:
@@ -343,6 +354,8 @@ if __name__ == '__main__':
   absl_flags.DEFINE_integer('batch', DEFAULTS['batch'], 'Frames in the batch test; 0: skip.')
   absl_flags.DEFINE_bool('startup', DEFAULTS['startup'], 'Time the first call at a new size.')
   absl_flags.DEFINE_bool('large', DEFAULTS['large'], 'Run the 4096x3072 photo.')
+  absl_flags.DEFINE_bool('keep_freed_memory', DEFAULTS['keep_freed_memory'],
+                         'nst_jax.host_memory.keep_freed_memory() first, as the scripts do.')
   absl_flags.DEFINE_string('output_json', 'benchmarks/realtime_cpu_2core.json',
                            'Write the results here as JSON; empty: do not.')
   app.run(main)
