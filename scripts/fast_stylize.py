@@ -458,6 +458,8 @@ def main(argv):
   if len(argv) > 1:
     return cli_support.fail(f'unexpected arguments {argv[1:]}; all options are --flags '
                             '(see --help)')
+  from nst_jax import host_memory
+  host_memory.keep_freed_memory()  # before JAX runs (see nst_jax.host_memory)
   from nst_jax import realtime
   from nst_jax import video
   try:
