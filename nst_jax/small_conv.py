@@ -12,7 +12,7 @@ On CPU, therefore, the same arithmetic is rearranged:
 
 * **Row strips.** The output is computed a strip of rows at a time
   (``lax.map`` over (image, strip) pairs), each strip from its input rows
-  plus a halo of k - stride rows. Strips of ~8k output pixels keep XLA on its
+  plus a halo of k - stride rows. Strips of ~4k output pixels keep XLA on its
   fast path and bound the temporary memory of a large photograph. Padding
   (reflect or edge) is gathered strip by strip, so no padded copy of an
   activation is laid out (``jnp.pad``'s reflect copy alone cost ~1/3 of a
@@ -53,8 +53,9 @@ import numpy as np
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 
 # Output pixels per strip: below ~10k XLA's CPU convolution stays fast for
-# 8-128 channels (measured 2-4x faster than one call on 256^2 and larger).
-STRIP_PIXELS = 8192
+# 8-128 channels (2-6x less CPU time than one call on 256^2 and larger);
+# 4096 measured best for the whole 26-style network at 256^2 and 512^2.
+STRIP_PIXELS = 4096
 
 
 # Trace-time choices, changed only through ``settings`` (tests and benchmarks).
