@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import platform
 import resource
@@ -85,11 +86,29 @@ def run_jax(args: dict) -> dict:
     jax.block_until_ready(x)
     times.append((time.perf_counter() - t0) / args['chunk'])
   final = float(loss_fn(x, params, targets, lw)[0])
+  steady = {}
+  if args.get('steady_warmup'):
+    # A real run spends most iterations with a full L-BFGS history: fill it
+    # (untimed), then time as above.
+    x, opt_state, _, info = compiled(x, opt_state, targets, params, lw, key, start,
+                                     jnp.int32(args['steady_warmup']))
+    jax.block_until_ready(x)
+    steady_times = []
+    for _ in range(args['repeats']):
+      t0 = time.perf_counter()
+      x, opt_state, _, info = compiled(x, opt_state, targets, params, lw, key, start, k)
+      jax.block_until_ready(x)
+      steady_times.append((time.perf_counter() - t0) / args['chunk'])
+    steady = {'steady_iter_s': statistics.median(steady_times),
+              'steady_iter_s_all': steady_times,
+              'steady_pairs': int(getattr(opt_state, 'num_pairs', -1)),
+              'steady_after_iterations': args['chunk'] * (args['repeats'] + 1)
+                                         + args['steady_warmup']}
   dev = jax.devices()[0]
   mem = None
   if dev.platform != 'cpu':
     mem = (dev.memory_stats() or {}).get('peak_bytes_in_use')
-  return {'side': 'jax', 'loss0': loss0, 'final_loss': final, 'compile_s': compile_s,
+  return {**steady, 'side': 'jax', 'loss0': loss0, 'final_loss': final, 'compile_s': compile_s,
           'iter_s': statistics.median(times), 'iter_s_all': times,
           'iterations': args['chunk'] * (args['repeats'] + 1),
           'finite': bool(np.isfinite(final)),
@@ -119,23 +138,40 @@ def run_torch(args: dict) -> dict:
   sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
   k = args['chunk']
   if args['optimizer'] == 'lbfgs':
+    # tolerance_change=-inf: never stop on a non-descent direction
+    # (``gtd > -tolerance_change``), as nst_jax's L-BFGS, which always steps;
+    # with -1 a step() could end early and stall at one image.
     opt = torch.optim.LBFGS([x], lr=1.0, max_iter=k, history_size=args['history'],
-                            tolerance_grad=-1, tolerance_change=-1, line_search_fn=None)
+                            tolerance_grad=-1, tolerance_change=-math.inf,
+                            line_search_fn=None)
   else:
     opt = torch.optim.Adam([x], lr=10.0)
 
+  evaluations = [0]
+
   def closure():
+    evaluations[0] += 1
     opt.zero_grad()
     loss = loss_fn(x)
     loss.backward()
     return loss
 
-  def run_chunk():
+  def run_chunk(n=k) -> int:
+    """``n`` iterations; returns the evaluations made (one per iteration).
+
+    A step() of torch's LBFGS can still end early (``max_eval``), so it is
+    called until ``n`` evaluations are done.
+    """
+    start = evaluations[0]
     if args['optimizer'] == 'lbfgs':
-      opt.step(closure)
-    else:
-      for _ in range(k):
+      group = opt.param_groups[0]
+      while evaluations[0] - start < n:
+        group['max_iter'] = group['max_eval'] = n - (evaluations[0] - start)
         opt.step(closure)
+    else:
+      for _ in range(n):
+        opt.step(closure)
+    return evaluations[0] - start
 
   t0 = time.perf_counter()
   run_chunk()
@@ -144,13 +180,29 @@ def run_torch(args: dict) -> dict:
   times = []
   for _ in range(args['repeats']):
     t0 = time.perf_counter()
-    run_chunk()
+    done = run_chunk()
     sync()
-    times.append((time.perf_counter() - t0) / k)
+    times.append((time.perf_counter() - t0) / done)
   with torch.no_grad():
     final = float(tt.total_loss(x, tp, targets)[0])
+  steady = {}
+  if args.get('steady_warmup') and args['optimizer'] == 'lbfgs':
+    # torch.optim.LBFGS keeps its history across step() calls: fill it
+    # (untimed), then time chunks as above.
+    run_chunk(args['steady_warmup'])
+    sync()
+    steady_times = []
+    for _ in range(args['repeats']):
+      t0 = time.perf_counter()
+      done = run_chunk()
+      sync()
+      steady_times.append((time.perf_counter() - t0) / done)
+    steady = {'steady_iter_s': statistics.median(steady_times),
+              'steady_iter_s_all': steady_times,
+              'steady_pairs': len(opt.state[x].get('old_dirs', [])),
+              'steady_after_iterations': evaluations[0] - k * args['repeats']}
   mem = torch.cuda.max_memory_allocated() if device == 'cuda' else None
-  return {'side': 'torch' + ('_compile' if args.get('torch_compile') else ''),
+  return {**steady, 'side': 'torch' + ('_compile' if args.get('torch_compile') else ''),
           'loss0': loss0, 'final_loss': final,
           'compile_s': max(first_s - statistics.median(times) * k, 0.0),
           'iter_s': statistics.median(times), 'iter_s_all': times,

@@ -9,6 +9,7 @@ calibrated against measured peak RSS on CPU (see benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from nst_jax import layers
@@ -38,7 +39,9 @@ def estimate_peak_bytes(h: int, w: int, config, style_shapes=()) -> int:
   act = activation_bytes(h, w, taps)
   n = h * w * 3
   if config.optimizer == 'lbfgs' or config.optimizer == 'lbfgs_linesearch':
-    opt = 4 * n * (2 * config.lbfgs_history + 4)
+    stored = 2 if (config.optimizer == 'lbfgs'
+                   and getattr(config, 'lbfgs_history_dtype', 'float32') == 'bfloat16') else 4
+    opt = n * (2 * config.lbfgs_history * stored + 4 * 4)
   else:
     opt = 4 * n * 4
   styles = max((activation_bytes(sh, sw, taps) for sh, sw in style_shapes), default=0)
@@ -100,3 +103,43 @@ def largest_fitting_size(aspect_hw: tuple[int, int], config, budget: int,
     else:
       hi = mid - 1
   return lo
+
+
+def fitting_changes(content_hw: tuple[int, int], config, budget: int, style_hws=(),
+                    limit: int = 2) -> list[dict]:
+  """Settings that keep the image size and bring the run's estimate within ``budget``.
+
+  Tries, least intrusive first: a bfloat16 L-BFGS history, ``remat``, both,
+  both with the largest shorter history that fits, and Adam with ``remat``.
+
+  Returns:
+    Up to ``limit`` dicts of StyleConfig field -> value (e.g.
+    ``{'remat': True, 'lbfgs_history_dtype': 'bfloat16'}``); empty when none fits.
+  """
+  def fits(changes):
+    return run_peak_bytes(content_hw, dataclasses.replace(config, **changes),
+                          style_hws) <= budget
+
+  lbfgs = config.optimizer == 'lbfgs'
+  candidates = []
+  if lbfgs and config.lbfgs_history_dtype != 'bfloat16':
+    candidates.append({'lbfgs_history_dtype': 'bfloat16'})
+  if not config.remat:
+    candidates.append({'remat': True})
+  both = {**({'remat': True} if not config.remat else {}),
+          **({'lbfgs_history_dtype': 'bfloat16'} if lbfgs else {})}
+  if len(both) == 2:
+    candidates.append(both)
+  if lbfgs and config.lbfgs_history > 1 and not fits(both):
+    lo, hi = 0, config.lbfgs_history - 1   # largest history that fits, 0 if none
+    while lo < hi:
+      mid = (lo + hi + 1) // 2
+      if fits({**both, 'lbfgs_history': mid}):
+        lo = mid
+      else:
+        hi = mid - 1
+    if lo:
+      candidates.append({**both, 'lbfgs_history': lo})
+  if config.optimizer != 'adam':
+    candidates.append({'optimizer': 'adam', 'remat': True})
+  return [c for c in candidates if c and fits(c)][:limit]

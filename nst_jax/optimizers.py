@@ -17,8 +17,8 @@ from nst_jax.config import StyleConfig
 
 
 def optimizer_key(config: StyleConfig) -> tuple:
-  """The settings that make the optimizer's program: (name, learning rate, history)."""
-  return config.optimizer, config.learning_rate, config.lbfgs_history
+  """The settings that make the optimizer's program: (name, learning rate, history, its dtype)."""
+  return config.optimizer, config.learning_rate, config.lbfgs_history, config.lbfgs_history_dtype
 
 
 def make_optimizer(config: StyleConfig) -> optax.GradientTransformation:
@@ -28,10 +28,10 @@ def make_optimizer(config: StyleConfig) -> optax.GradientTransformation:
 
 def optimizer_from_key(key: tuple) -> optax.GradientTransformation:
   """``make_optimizer`` from ``optimizer_key(config)`` (hashable: a cache key)."""
-  name, learning_rate, history = key
+  name, learning_rate, history, history_dtype = key
   lr = learning_rate if learning_rate is not None else 10.0 if name == 'adam' else 1.0
   if name == 'lbfgs':
-    return lbfgs.scale_by_torch_lbfgs(history, lr)
+    return lbfgs.scale_by_torch_lbfgs(history, lr, history_dtype=history_dtype)
   if name == 'lbfgs_linesearch':
     return optax.lbfgs(learning_rate=learning_rate, memory_size=history)
   if name == 'adam':

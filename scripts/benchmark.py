@@ -10,7 +10,9 @@ results, written to --output_json) and ``markdown(results) -> str`` (appended
 to --results_md).
 
 For each size and optimizer: compile time, median time per iteration over
-timed chunks (after a warm-up chunk, device synchronised), the PyTorch/nst_jax
+timed chunks (after a warm-up chunk, device synchronised; for L-BFGS at
+--steady_sizes also at steady state, once --steady_warmup more untimed
+iterations have filled the history on both sides), the PyTorch/nst_jax
 ratio, peak memory, and the objective after the same iterations from the same
 initial image. It first checks that both sides compute the same loss at the
 initial image (1e-4 relative) and refuses to report speeds otherwise.
@@ -47,6 +49,11 @@ flags.DEFINE_integer('repeats', 3, 'Timed chunks per measurement (median reporte
 flags.DEFINE_integer('chunk', 0, 'Iterations per timed chunk (0: 10 at <=256 px, 5 at '
                      '<=512, 3 above).')
 flags.DEFINE_integer('history', 100, 'L-BFGS history on both sides.')
+flags.DEFINE_integer('steady_warmup', -1, 'L-BFGS steady state: after the early timing, run '
+                     'this many more iterations untimed (-1: --history, so the history is '
+                     'full on both sides), then time again. 0: early figures only.')
+flags.DEFINE_list('steady_sizes', ['512'], 'Sizes at which the L-BFGS steady state is timed '
+                  '(filling a history of 100 costs 100 iterations per side).')
 flags.DEFINE_bool('mixed_precision', False, 'Also run nst_jax with bfloat16 convolutions.')
 flags.DEFINE_bool('torch_compile', False, 'Also time torch.compile (GPU only is useful).')
 flags.DEFINE_bool('conv_floor', True, 'Also time the convolutions of one iteration alone '
@@ -90,6 +97,8 @@ def _bench_pair(content, style, size, optimizer, init_path, tmp):
   from benchmarks import harness as bm
   args = dict(content=content, style=style, size=size, optimizer=optimizer, init=init_path,
               chunk=_chunk(size), repeats=FLAGS.repeats, history=FLAGS.history)
+  if optimizer == 'lbfgs' and str(size) in FLAGS.steady_sizes and FLAGS.steady_warmup:
+    args['steady_warmup'] = FLAGS.history if FLAGS.steady_warmup < 0 else FLAGS.steady_warmup
   rows = [bm.run_child('jax', args)]
   rows.append(bm.run_child('torch', args))
   if FLAGS.torch_compile:
@@ -99,6 +108,13 @@ def _bench_pair(content, style, size, optimizer, init_path, tmp):
     r['side'] = 'jax_bf16'
     rows.append(r)
   return rows
+
+
+def _steady_words(jax_row, torch_row) -> str:
+  return (f'nst_jax {1000 * jax_row["steady_iter_s"]:.1f} ms/it with {jax_row["steady_pairs"]} '
+          f'pairs, PyTorch {1000 * torch_row["steady_iter_s"]:.1f} ms/it with '
+          f'{torch_row["steady_pairs"]} pairs, after {jax_row["steady_after_iterations"]} '
+          'iterations')
 
 
 def _startup(content, style, warm_runs=5):
@@ -237,6 +253,9 @@ def main(argv):
                  'speedup_torch_over_jax': torch_row['iter_s'] / jax_row['iter_s'],
                  'objective_ratio_jax_over_torch':
                      jax_row['final_loss'] / torch_row['final_loss']}
+        if 'steady_iter_s' in jax_row and 'steady_iter_s' in torch_row:
+          entry['steady_speedup_torch_over_jax'] = (torch_row['steady_iter_s']
+                                                    / jax_row['steady_iter_s'])
         report['results'].append(entry)
         for r in rows:
           print(f'  {size:5d}px {optimizer:6s} {r["side"]:13s} {1000 * r["iter_s"]:8.1f} ms/it  '
@@ -244,6 +263,9 @@ def main(argv):
                 f'loss after {r["iterations"]} it {r["final_loss"]:.4g}', flush=True)
         print(f'  -> PyTorch/nst_jax time per iteration: {entry["speedup_torch_over_jax"]:.2f}x; '
               f'objective jax/torch {entry["objective_ratio_jax_over_torch"]:.4f}', flush=True)
+        if 'steady_speedup_torch_over_jax' in entry:
+          print(f'  -> steady state ({_steady_words(jax_row, torch_row)}): '
+                f'{entry["steady_speedup_torch_over_jax"]:.2f}x', flush=True)
   if FLAGS.end_to_end:
     args = dict(content=content, style=style, size=512, iterations=FLAGS.end_to_end, chunk=50)
     report['end_to_end'] = [bm.run_child('jax_end_to_end', args)]
@@ -290,6 +312,13 @@ def _markdown(report):
       lines.append(f'| {size} | {e["optimizer"]} | {r["side"]} | {1000 * r["iter_s"]:.1f} | '
                    f'{r["compile_s"]:.1f} | {_mb(peak)} | {_mb(peak) / mpix:.0f} | '
                    f'{r["final_loss"]:.4g} (N={r["iterations"]}) | {ratio:.2f}x |')
+  for e in report['results']:
+    if 'steady_speedup_torch_over_jax' in e:
+      lines.append('')
+      lines.append(f'{e["shape"][1]}x{e["shape"][0]} L-BFGS at steady state '
+                   f'({_steady_words(e["rows"][0], e["rows"][1])}): PyTorch/nst_jax '
+                   f'{e["steady_speedup_torch_over_jax"]:.2f}x (early, above: '
+                   f'{e["speedup_torch_over_jax"]:.2f}x).')
   for e in report['results']:
     floor = report.get('conv_floor', {}).get(str(e['size']))
     if floor and e['optimizer'] == 'lbfgs':

@@ -188,3 +188,26 @@ def test_compact_representation_in_benchmark_matches():
   x_bns, state = _quadratic_run(bench_lbfgs.compact_lbfgs(4, learning_rate=0.5), 9)
   assert int(state.head) == 0 and int(state.num_pairs) == 4  # wrapped twice
   np.testing.assert_allclose(x_bns, x_two, rtol=1e-5)
+
+
+def test_bfloat16_history_from_the_config_and_in_the_memory_estimate():
+  """`lbfgs_history_dtype` reaches the optimizer; the estimate counts 2 bytes a value and
+  its out-of-memory message names settings that fit."""
+  import dataclasses
+  from nst_jax import config as config_lib
+  from nst_jax import memory
+  from nst_jax import optimizers
+  f32 = config_lib.StyleConfig(image_size=4096)
+  bf16 = dataclasses.replace(f32, lbfgs_history_dtype='bfloat16')
+  state = optimizers.make_optimizer(bf16).init(jnp.zeros((4, 4, 3)))
+  assert state.s_history.nbytes == 100 * 48 * 2
+  n = 3072 * 4096 * 3
+  saved = memory.estimate_peak_bytes(3072, 4096, f32) - memory.estimate_peak_bytes(3072, 4096, bf16)
+  assert saved == 2 * 100 * n * 2  # two [100, n] histories, 2 bytes less per value
+  budget, shape = 60 * 2**30, (3072, 4096)
+  with pytest.raises(config_lib.ConfigError, match='`lbfgs_history_dtype`=bfloat16'):
+    config_lib.plan(f32, shape, [shape], budget=budget)
+  changes = memory.fitting_changes(shape, f32, budget, [shape])
+  assert changes
+  for change in changes:
+    assert memory.run_peak_bytes(shape, dataclasses.replace(f32, **change), [shape]) <= budget
