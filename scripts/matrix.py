@@ -25,8 +25,8 @@ Stylize every content with every style (python scripts/matrix.py --helpfull for 
       --output_dir=matrix/
   python scripts/matrix.py --content_images=a.jpg,b.jpg \\
       --styles=starry.jpg,monet1.jpg@1+monet2.jpg@1 --image_size=256 --output_dir=matrix/
-  python scripts/matrix.py --content_images=photos/*.jpg --styles=starry.jpg --max_batch=8 \\
-      --num_iterations=300 --output_dir=matrix/
+  python scripts/matrix.py --content_images=a.jpg,b.jpg,c.jpg --styles=starry.jpg --init=image \\
+      --num_iterations=300 --max_batch=8 --output_dir=matrix/
 '''
 
 FLAGS = flags.FLAGS

@@ -43,6 +43,11 @@ flags.DEFINE_string('content_image', None, 'Content image file.')
 flags.DEFINE_list('style_image', None, 'Style image file(s), comma-separated.')
 flags.DEFINE_string('output_image', 'out.png', 'Where to write the result (folder is created).')
 flags.DEFINE_string('init_image', None, 'Start from this image file instead of --init.')
+flags.DEFINE_list('content_masks', None, 'Spatial control: one mask image per style image '
+                  '(white = this style; together they cover the content). Give them again '
+                  'with --resume.')
+flags.DEFINE_list('style_masks', None, 'Optional, with --content_masks: one mask per style '
+                  'image choosing the part of that style to use.')
 flags.DEFINE_bool('demo', False, 'Stylize scikit-image sample images (no other input needed); '
                   'uses --image_size=256 --num_iterations=300 unless given.')
 flags.DEFINE_string('resume', None, 'Continue an interrupted run from this checkpoint '
@@ -50,9 +55,10 @@ flags.DEFINE_string('resume', None, 'Continue an interrupted run from this check
 flags.DEFINE_string('checkpoint', None,
                     'Checkpoint written on interruption (default: OUTPUT.ckpt.npz).')
 GROUPS = {cli_support.INPUTS: ['content_image', 'style_image', 'output_image', 'init_image',
-                               'demo', 'resume', 'checkpoint']}
+                               'content_masks', 'style_masks', 'demo', 'resume', 'checkpoint']}
 
 # Flags that --resume ignores (the checkpoint holds the run's settings and inputs).
+# (--content_masks and --style_masks are not in the checkpoint: give them again.)
 _RUN_FLAGS = ('content_image', 'style_image', 'init_image', 'demo',
               *config_lib.StyleConfig.__dataclass_fields__)
 DEMO_IMAGES = ('chelsea.png', 'ihc.png')  # ihc: an immunohistochemistry stain, painterly
@@ -82,8 +88,10 @@ def _print_progress(p) -> None:
     return
   t = p.terms
   compiled = f'  (compiled in {p.compile_seconds:.1f} s)' if p.compile_seconds > 0.05 else ''
-  print(f'{scale}iter {p.iteration:5d}/{p.total}  total {t["content"] + t["style"] + t["tv"]:.4g}'
-        f'  content {t["content"]:.4g}  style {t["style"]:.4g}  tv {t["tv"]:.4g}'
+  color = f'  color {t["color"]:.4g}' if 'color' in t else ''
+  total = t['content'] + t['style'] + t['tv'] + t.get('color', 0.0)
+  print(f'{scale}iter {p.iteration:5d}/{p.total}  total {total:.4g}'
+        f'  content {t["content"]:.4g}  style {t["style"]:.4g}  tv {t["tv"]:.4g}{color}'
         f'  {p.iters_per_sec:.2f} it/s  ETA {_format_eta(p.eta_seconds)}{compiled}',
         file=sys.stderr, flush=True)
 
@@ -134,7 +142,31 @@ def _inputs():
     if FLAGS.init_image:
       init = cli_support.load_image(FLAGS.init_image, 'init image')
   plan = config_lib.plan(config, content.shape[:2], [s.shape[:2] for s in styles])
-  return plan, content, styles, init, output, checkpoint, resume
+  masks = {'content_masks': _load_masks('content_masks', [content.shape[:2]] * len(styles)),
+           'style_masks': _load_masks('style_masks', [s.shape[:2] for s in styles])}
+  if masks['style_masks'] is not None and masks['content_masks'] is None:
+    raise config_lib.ConfigError('--style_masks need --content_masks (which part of the output '
+                                 'takes which style)')
+  return plan, content, styles, init, output, checkpoint, resume, masks
+
+
+def _load_masks(flag: str, shapes):
+  """Mask files of ``--flag`` as [H, W] arrays in [0, 1] (grey), each resized to its image."""
+  paths = FLAGS[flag].value
+  if not paths:
+    return None
+  if len(paths) != len(shapes):
+    raise config_lib.ConfigError(f'--{flag} has {len(paths)} file(s) for {len(shapes)} style '
+                                 'image(s); give one mask per style image, in the same order')
+  masks = []
+  for i, (path, hw) in enumerate(zip(paths, shapes)):
+    rgb = cli_support.load_image(path, f'--{flag} mask {i + 1}')
+    if abs(rgb.shape[1] / rgb.shape[0] - hw[1] / hw[0]) > 0.02 * hw[1] / hw[0]:
+      raise config_lib.ConfigError(
+          f'--{flag} mask {i + 1} ({path}) is {rgb.shape[1]}x{rgb.shape[0]} px, another aspect '
+          f'ratio than its image ({hw[1]}x{hw[0]}); draw the mask over the image itself')
+    masks.append(image_io.resize_to(rgb, *hw).mean(axis=-1).clip(0.0, 1.0))
+  return masks
 
 
 def main(argv):
@@ -149,7 +181,7 @@ def main(argv):
 
 
 def _run() -> int:
-  plan, content, styles, init, output, checkpoint, resume = _inputs()
+  plan, content, styles, init, output, checkpoint, resume, masks = _inputs()
   config = plan.config
   # Read (and checksum) the weights while JAX's compilation cache is set up.
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -180,13 +212,14 @@ def _run() -> int:
     except image_io.ImageError as e:  # The run itself is worth more than a snapshot.
       warnings.warn(f'{e}; the run continues')
 
-  name = Path(FLAGS.content_image).name if FLAGS.content_image and not resume else 'the content'
+  name = ('the resumed run' if resume else f'the demo photo ({DEMO_IMAGES[0]})' if FLAGS.demo
+          else Path(FLAGS.content_image).name)
   cli_support.say(f'{name} in the style of {len(styles)} image(s); sizes {config.sizes}, '
                   f'{config.optimizer}, weights {ws.name}')
   t0 = time.perf_counter()
   try:
     try:
-      result = transfer.stylize(content, styles, plan, init_image=init, weights=ws,
+      result = transfer.stylize(content, styles, plan, init_image=init, weights=ws, **masks,
                                 callback=_print_progress, save_callback=save_intermediate,
                                 stop_event=stop, resume=resume)
     finally:
