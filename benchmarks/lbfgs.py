@@ -2,6 +2,7 @@
 
   python -m benchmarks.lbfgs                        # 512x384x3, 20 and 100 pairs
   python -m benchmarks.lbfgs --histories=100 --bfloat16
+  python scripts/benchmark.py --mode=lbfgs          # the same, defaults, appended to RESULTS.md
 
 ``two_loop`` is ``nst_jax.lbfgs.scale_by_torch_lbfgs`` (the pair-by-pair
 two-loop recursion); ``compact`` (below) has the same step rule and state

@@ -211,3 +211,13 @@ def test_bfloat16_history_from_the_config_and_in_the_memory_estimate():
   assert changes
   for change in changes:
     assert memory.run_peak_bytes(shape, dataclasses.replace(f32, **change), [shape]) <= budget
+
+
+def test_update_benchmark_runs_small():
+  """benchmarks/lbfgs.py end to end at a tiny size (speeds are not asserted)."""
+  from benchmarks import lbfgs as bench_lbfgs
+  results = bench_lbfgs.run({'height': 8, 'width': 8, 'histories': [3], 'iterations': 2,
+                             'repeats': 1, 'bfloat16': True})
+  assert [r['variant'] for r in results['rows']] == ['two_loop', 'compact', 'two_loop_bf16']
+  assert all(r['pairs'] == 3 and r['update_s'] > 0 for r in results['rows'])
+  assert '| 3 | compact |' in bench_lbfgs.markdown(results)
