@@ -76,6 +76,49 @@ def check_blend_weights(weights: Sequence[float], num_styles: int,
     raise ConfigError(f'`{name}` are all zero; give at least one positive weight')
 
 
+STYLE_LOSSES = ('gram', 'sw', 'mean_std')
+_STYLE_LOSS_ALIASES = {'sliced_wasserstein': 'sw', 'meanstd': 'mean_std', 'adain': 'mean_std'}
+
+
+def parse_style_loss(text: str, name: str = 'style_loss') -> tuple[tuple[str, float], ...]:
+  """Parses ``'gram'``, ``'sw'`` or a weighted mix such as ``'gram:1,sw:0.5'``.
+
+  Args:
+    text: comma-separated kinds (``gram``, ``sw`` or ``sliced_wasserstein``,
+      ``mean_std``), each optionally followed by ``:WEIGHT`` (default 1).
+    name: the argument's name, used in error messages.
+  Returns:
+    ``((kind, weight), ...)`` with canonical kind names, in the given order.
+  Raises:
+    ConfigError: naming ``name``, for an unknown or repeated kind, a weight
+      that is not a finite number >= 0, or all weights zero.
+  """
+  allowed = 'gram, sw (sliced_wasserstein), mean_std'
+  out = {}
+  for item in str(text).split(','):
+    item = item.strip()
+    if not item:
+      raise ConfigError(f'`{name}`: empty entry in {text!r}; write e.g. gram:1,sw:0.5')
+    kind, _, weight = item.partition(':')
+    kind = _STYLE_LOSS_ALIASES.get(kind.strip(), kind.strip())
+    if kind not in STYLE_LOSSES:
+      raise ConfigError(f'`{name}`: unknown style loss {kind!r} in {text!r}; use {allowed}, '
+                        'each optionally with :WEIGHT, e.g. gram:1,sw:0.5')
+    if kind in out:
+      raise ConfigError(f'`{name}`: {kind} appears twice in {text!r}')
+    try:
+      w = float(weight) if weight.strip() else 1.0
+    except ValueError:
+      w = float('nan')
+    if not math.isfinite(w) or w < 0 or w > _FLOAT32_MAX:
+      raise ConfigError(f'`{name}`: the weight of {kind} must be a finite number >= 0, '
+                        f'got {weight!r}')
+    out[kind] = w
+  if not any(out.values()):
+    raise ConfigError(f'`{name}`: every weight in {text!r} is zero; give one a positive weight')
+  return tuple(out.items())
+
+
 def _field(default, group: str, help_: str, **metadata):
   """A StyleConfig field; ``cli_support`` makes a flag of it from this metadata."""
   return dataclasses.field(default=default, metadata=dict(group=group, help=help_, **metadata))
@@ -97,6 +140,11 @@ class StyleConfig:
   content_weight: float = _field(5.0, OBJECTIVE, 'Content loss weight.')
   style_weight: float = _field(100.0, OBJECTIVE, 'Style loss weight (per layer).')
   tv_weight: float = _field(1e-3, OBJECTIVE, 'Total-variation weight.')
+  style_loss: str = _field('gram', OBJECTIVE, 'Style statistics to match: gram, sw (sliced '
+                           'Wasserstein: the whole feature distribution), mean_std, or a '
+                           'weighted mix such as gram:1,sw:0.5.')
+  color_weight: float = _field(0.0, OBJECTIVE, 'Weight of the colour-distribution term '
+                               '(sliced Wasserstein between output and style pixel colours).')
   content_layers: tuple[str, ...] = _field(('relu4_2',), OBJECTIVE, 'VGG19 content layers.')
   style_layers: tuple[str, ...] = _field(
       ('relu1_1', 'relu2_1', 'relu3_1', 'relu4_1', 'relu5_1'), OBJECTIVE, 'VGG19 style layers.')
@@ -152,8 +200,9 @@ class StyleConfig:
     if not (isinstance(self.style_scale, (int, float)) and math.isfinite(self.style_scale)
             and self.style_scale > 0):
       raise ConfigError(f'`style_scale` must be a finite number > 0, got {self.style_scale!r}')
-    for name in ('content_weight', 'style_weight', 'tv_weight'):
+    for name in ('content_weight', 'style_weight', 'tv_weight', 'color_weight'):
       _finite_nonneg(name, getattr(self, name))
+    parse_style_loss(self.style_loss)
     for flag, names in (('content_layers', self.content_layers),
                         ('style_layers', self.style_layers)):
       bad = [l for l in names if l not in layers.LAYER_NAMES]
@@ -216,7 +265,7 @@ class StyleConfig:
     if not -2**63 <= self.seed < 2**63:
       raise ConfigError(f'`seed` must fit in 64 bits, got {self.seed}')
     for name in ('style_scale', 'content_weight', 'style_weight', 'tv_weight', 'learning_rate',
-                 'style_blend_weights', 'style_layer_weights'):
+                 'style_blend_weights', 'style_layer_weights', 'color_weight'):
       value = getattr(self, name)
       values = value if isinstance(value, tuple) else (value,)
       if any(v is not None and abs(v) > _FLOAT32_MAX for v in values):

@@ -34,20 +34,30 @@ from nst_jax import optimizers
 from nst_jax import vgg
 from nst_jax import weights as weights_lib
 from nst_jax.config import StyleConfig
+from nst_jax.config import parse_style_loss
 
 
 def loss_spec(config: StyleConfig) -> losses.LossSpec:
-  """The static part of the objective for ``config`` (changing it recompiles)."""
-  return losses.LossSpec(config.content_layers, config.style_layers, config.pooling,
-                         config.normalize_gradients,
-                         None if config.precision == 'float32' else config.precision,
-                         config.remat)
+  """The static part of the objective for ``config`` (changing it recompiles).
+
+  The one place where settings become the objective's program: a new loss
+  setting (a ``StyleConfig`` field) is wired in here.
+  """
+  return losses.LossSpec(
+      content_layers=config.content_layers, style_layers=config.style_layers,
+      pooling=config.pooling, normalize_gradients=config.normalize_gradients,
+      compute_dtype=None if config.precision == 'float32' else config.precision,
+      remat=config.remat,
+      style_losses=tuple(kind for kind, _ in parse_style_loss(config.style_loss)),
+      color_loss=config.color_weight > 0)
 
 
 def loss_weights(config: StyleConfig, spec: losses.LossSpec) -> dict:
   """The loss-weight pytree for ``config`` (an argument: changing it does not recompile)."""
-  return losses.default_loss_weights(spec, config.content_weight, config.style_weight,
-                                     config.tv_weight, config.style_layer_weights)
+  return losses.default_loss_weights(
+      spec, content_weight=config.content_weight, style_weight=config.style_weight,
+      tv_weight=config.tv_weight, style_layer_weights=config.style_layer_weights,
+      style_loss_weights=parse_style_loss(config.style_loss), color_weight=config.color_weight)
 
 
 @dataclasses.dataclass(frozen=True)

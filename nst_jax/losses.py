@@ -48,13 +48,14 @@ import numpy as np
 
 from nst_jax import layers as vgg_layers
 from nst_jax import vgg
+from nst_jax.config import STYLE_LOSSES  # noqa: F401  (re-exported)
+from nst_jax.config import parse_style_loss  # noqa: F401  (re-exported)
 
 Array = jax.Array
 
 
-# Style statistics the style term can match; aliases accepted by parse_style_loss.
-STYLE_LOSSES = ('gram', 'sw', 'mean_std')
-_STYLE_LOSS_ALIASES = {'sliced_wasserstein': 'sw', 'meanstd': 'mean_std', 'adain': 'mean_std'}
+# Style statistics the style term can match (STYLE_LOSSES) and the parser of
+# 'gram:1,sw:0.5' live in the JAX-free config module, which checks flags.
 # Random directions for the sliced Wasserstein loss: by default one per
 # SW_CHANNELS_PER_DIRECTION channels of the layer (8 at relu1_1 ... 64 at
 # relu5_1). Sorting costs pixels x directions, and pixels fall 4x per block
@@ -116,45 +117,6 @@ class LossSpec:
     dtype = None if self.compute_dtype is None else jnp.dtype(self.compute_dtype)
     return vgg.features(params, images, self.taps, pooling=self.pooling,
                         compute_dtype=dtype, remat=self.remat)
-
-
-def parse_style_loss(text: str, name: str = 'style_loss') -> tuple[tuple[str, float], ...]:
-  """Parses ``'gram'``, ``'sw'`` or a weighted mix such as ``'gram:1,sw:0.5'``.
-
-  Args:
-    text: comma-separated kinds (``gram``, ``sw`` or ``sliced_wasserstein``,
-      ``mean_std``), each optionally followed by ``:WEIGHT`` (default 1).
-    name: the argument's name, used in error messages.
-  Returns:
-    ``((kind, weight), ...)`` with canonical kind names, in the given order.
-  Raises:
-    ValueError: naming ``name``, for an unknown kind, a repeated kind, or a
-      weight that is not a finite number >= 0, or if all weights are zero.
-  """
-  allowed = 'gram, sw (sliced_wasserstein), mean_std'
-  out = {}
-  for item in str(text).split(','):
-    item = item.strip()
-    if not item:
-      raise ValueError(f'{name}: empty entry in {text!r}; write e.g. gram:1,sw:0.5')
-    kind, _, weight = item.partition(':')
-    kind = _STYLE_LOSS_ALIASES.get(kind.strip(), kind.strip())
-    if kind not in STYLE_LOSSES:
-      raise ValueError(f'{name}: unknown style loss {kind!r} in {text!r}; use {allowed}, '
-                       'each optionally with :WEIGHT, e.g. gram:1,sw:0.5')
-    if kind in out:
-      raise ValueError(f'{name}: {kind} appears twice in {text!r}')
-    try:
-      w = float(weight) if weight.strip() else 1.0
-    except ValueError:
-      w = float('nan')
-    if not math.isfinite(w) or w < 0:
-      raise ValueError(f'{name}: the weight of {kind} must be a finite number >= 0, '
-                       f'got {weight!r}')
-    out[kind] = w
-  if not any(out.values()):
-    raise ValueError(f'{name}: every weight in {text!r} is zero; give one a positive weight')
-  return tuple(out.items())
 
 
 def gram(features: Array) -> Array:

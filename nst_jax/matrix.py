@@ -145,7 +145,7 @@ def stylize_many(contents: Sequence[np.ndarray], styles: Sequence[StyleSpec],
     if on_cell:
       on_cell(cell)
 
-  groups: dict[tuple[int, int], list] = {}  # Content shape -> [(i, j, Prepared)].
+  groups: dict[tuple, list] = {}  # (content shape, target shapes) -> [(i, j, Prepared)].
   for i, content in enumerate(contents):
     for j, spec in enumerate(styles):
       try:
@@ -155,10 +155,13 @@ def stylize_many(contents: Sequence[np.ndarray], styles: Sequence[StyleSpec],
         report(CellResult(i, j, None, {}, str(e)))
         continue
       prepared = transfer.prepare(p, 0, content, spec.images, obj, progs, init_image)
-      groups.setdefault(p.scales[0].content_hw, []).append((i, j, prepared))
+      # Problems batch when their shapes agree: the content's, and the targets'
+      # (Gram targets have one shape; sliced-Wasserstein targets keep the style's pixels).
+      shapes = tuple(t.shape for t in jax.tree.leaves(prepared.targets))
+      groups.setdefault((p.scales[0].content_hw, shapes), []).append((i, j, prepared))
   total = sum(len(g) for g in groups.values())
   counts = {'done': 0, 'work': 0, 'seconds': 0.0}
-  for (h, w), group in groups.items():
+  for ((h, w), _), group in groups.items():
     cap = max_batch or default_batch_size(h, w, config, mesh.devices.size,
                                           mesh.devices.flat[0].platform)
     for start in range(0, len(group), cap):

@@ -37,8 +37,10 @@ import numpy as np
 from nst_jax import color as color_lib
 from nst_jax import engine
 from nst_jax import image_io
+from nst_jax import losses
 from nst_jax import optimizers
 from nst_jax import weights as weights_lib
+from nst_jax.config import ConfigError
 from nst_jax.config import Plan
 from nst_jax.config import Scale
 from nst_jax.config import StyleConfig
@@ -122,21 +124,38 @@ class Prepared(NamedTuple):
   x0: jax.Array             # [h, w, 3] initial image, preprocessed
 
 
+def _resize_masks(masks: Sequence[np.ndarray], hw: tuple[int, int]) -> np.ndarray:
+  """Masks [H, W] resized to ``hw`` as the images are, [R, h, w] in [0, 1]."""
+  return np.stack([np.clip(image_io.resize_to(np.repeat(np.asarray(m, np.float32)[..., None],
+                                                        3, -1), *hw)[..., 0], 0.0, 1.0)
+                   for m in masks])
+
+
 def prepare(p: Plan, scale_index: int, content_rgb: np.ndarray,
             style_rgbs: Sequence[np.ndarray], obj: engine.Objective, progs: engine.Programs,
-            init_image: np.ndarray | None = None) -> Prepared:
+            init_image: np.ndarray | None = None,
+            content_masks: Sequence[np.ndarray] | None = None,
+            style_masks: Sequence[np.ndarray] | None = None) -> Prepared:
   """The arrays of one scale: resized content, targets and the initial image.
 
   The initial image is ``init_image`` resized, else the content
   (``config.init='image'``), else N(0, 0.001^2) noise in preprocessed space
-  (the reference's), drawn from ``config.seed``.
+  (the reference's), drawn from ``config.seed``. ``content_masks`` (one per
+  style, the content's size) and ``style_masks`` (one per style, each its
+  style's size) are resized with the images (spatial control).
   """
   config, scale = p.config, p.scales[scale_index]
   content, styles = prepare_images(content_rgb, style_rgbs, scale, config)
   content_pre = obj.prep.apply(content)
+  masks = {}
+  if content_masks is not None:
+    masks['content_masks'] = jnp.asarray(_resize_masks(content_masks, scale.content_hw))
+  if style_masks is not None:
+    masks['style_masks'] = [jnp.asarray(_resize_masks([m], hw)[0])
+                            for m, hw in zip(style_masks, scale.style_hws)]
   targets = progs.targets(obj.params, jnp.asarray(content_pre),
                           [jnp.asarray(obj.prep.apply(s)) for s in styles],
-                          jnp.asarray(p.blend_weights, jnp.float32))
+                          jnp.asarray(p.blend_weights, jnp.float32), **masks)
   h, w = scale.content_hw
   if init_image is not None:
     x0 = jnp.asarray(obj.prep.apply(image_io.resize_to(init_image, h, w)))
@@ -174,6 +193,8 @@ class _Clock:
 def stylize(content: np.ndarray, styles: np.ndarray | Sequence[np.ndarray],
             config: StyleConfig | Plan = StyleConfig(), *,
             init_image: np.ndarray | None = None,
+            content_masks: Sequence[np.ndarray] | None = None,
+            style_masks: Sequence[np.ndarray] | None = None,
             weights: weights_lib.WeightSet | None = None,
             callback: Callable[[Progress], None] | None = None,
             save_callback: Callable[[int, int, np.ndarray], None] | None = None,
@@ -186,6 +207,11 @@ def stylize(content: np.ndarray, styles: np.ndarray | Sequence[np.ndarray],
     styles: one or more RGB arrays; blended by ``config.style_blend_weights``.
     config: the run's settings, or the ``plan`` already made from them.
     init_image: RGB array to start from (resized to the first scale).
+    content_masks: spatial control (Gatys et al. 2017): one mask [H, W] in
+      [0, 1] per style image, the content's size, together covering it;
+      region r of the output takes style r (``style_blend_weights`` unused).
+    style_masks: optional, one mask per style image (its size): the part of
+      the style to use.
     weights: a loaded WeightSet (default: ``weights.load(config.weights)``).
     callback: called with a ``Progress`` every ``config.print_iter``
       iterations, and before a scale's program compiles.
@@ -205,12 +231,17 @@ def stylize(content: np.ndarray, styles: np.ndarray | Sequence[np.ndarray],
   p = config if isinstance(config, Plan) else plan(
       config, content.shape[:2], [s.shape[:2] for s in styles])
   config = p.config
+  if style_masks is not None and content_masks is None:
+    raise ConfigError('`style_masks` need `content_masks` (which output region takes which '
+                      'style)')
+  content_masks, style_masks = check_masks(content, styles, content_masks, style_masks)
   obj = engine.objective(config, weights or weights_lib.load(config.weights))
   progs = engine.programs(obj.spec, optimizers.optimizer_key(config))
   start, clock, x, iterations, terms = time.perf_counter(), _Clock(p.scales), None, 0, {}
   for s in range(resume.scale_index if resume else 0, len(p.scales)):
     prepared = prepare(p, s, content, styles, obj, progs,
-                       init_image if x is None and not resume else None)
+                       init_image if x is None and not resume else None,
+                       content_masks, style_masks)
     if resume and x is None:
       x = jnp.asarray(resume.x)
       opt_state = jax.tree.unflatten(jax.tree.structure(jax.eval_shape(progs.init, x)),
@@ -228,6 +259,31 @@ def stylize(content: np.ndarray, styles: np.ndarray | Sequence[np.ndarray],
   final = image_io.resize_to(content, *p.scales[-1].content_hw)
   return StyleResult(to_rgb(x, obj.prep, final, config), terms, iterations,
                      time.perf_counter() - start)
+
+
+def check_masks(content: np.ndarray, styles: Sequence[np.ndarray],
+                content_masks: Sequence[np.ndarray] | None,
+                style_masks: Sequence[np.ndarray] | None) -> tuple:
+  """Validated (content_masks [R, H, W], style masks) for ``stylize``; ConfigError if bad."""
+  try:
+    if content_masks is not None:
+      content_masks = losses.check_masks(content_masks, count=len(styles),
+                                         shape=content.shape[:2], name='`content_masks`')
+    if style_masks is not None:
+      if len(style_masks) != len(styles):
+        raise ValueError(f'`style_masks`: {len(style_masks)} mask(s) for {len(styles)} style '
+                         'image(s); give one mask per style image')
+      checked = []
+      for i, (m, s) in enumerate(zip(style_masks, styles)):
+        try:
+          checked.append(losses.check_masks([m], count=1, shape=s.shape[:2], coverage=False,
+                                            name='`style_masks`')[0])
+        except ValueError as e:
+          raise ValueError(str(e).replace('mask 1', f'mask {i + 1}')) from None
+      style_masks = checked
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  return content_masks, style_masks
 
 
 def _rgb(image, name: str) -> np.ndarray:
