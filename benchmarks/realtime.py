@@ -36,6 +36,7 @@ import numpy as np
 DEFAULTS = {
     'sizes': [256, 512, 1024],  # multistyle26, square
     'arbitrary_sizes': [384, 1024],
+    'predictor': True,  # the arbitrary-style predictor at 256x256 too
     'calls': 10,  # timed calls per side
     'plain': False,  # also time nst_jax without small_conv's CPU plan
     'batch': 8, 'batch_size': 512,  # frames per batch and their side
@@ -141,10 +142,18 @@ def _arbitrary_rows(f, models) -> list[dict]:
   import jax.numpy as jnp
   from nst_jax import arbitrary
   from nst_jax import realtime_weights
-  _, params, _ = realtime_weights.load_arbitrary()
-  params = jax.device_put(params)
+  predictor, params, _ = realtime_weights.load_arbitrary()
+  predictor, params = jax.device_put(predictor), jax.device_put(params)
   style = np.random.default_rng(0).normal(size=(1, 100)).astype(np.float32) * 0.5
   rows = []
+  if f['predictor']:  # once per style image, at the reference's 256x256
+    session = _ort_session(models['arbitrary_predict'])
+    image = np.random.default_rng(0).uniform(size=(1, 256, 256, 3)).astype(np.float32)
+    feeds = {session.get_inputs()[0].name: image}
+    row = _side_by_side('arbitrary_predict', arbitrary.predict_style,
+                        (predictor, jnp.asarray(image)), lambda: session.run(None, feeds),
+                        f['calls'], f['plain'])
+    rows.append({**row, 'size': [256, 256]})
   for size in f['arbitrary_sizes']:
     session = _ort_session(_with_input_size(models['arbitrary_transform'], size, size))
     image = np.random.default_rng(size).uniform(size=(1, size, size, 3)).astype(np.float32)
@@ -281,7 +290,7 @@ def run(flags: dict) -> dict:
   models = _models()
   if f['sizes']:
     results['rows'] += _multistyle26_rows(f, models)
-  if f['arbitrary_sizes']:
+  if f['arbitrary_sizes'] or f['predictor']:
     results['rows'] += _arbitrary_rows(f, models)
   if f['batch']:
     results['batch'] = _batch_row(f)
@@ -339,7 +348,7 @@ def main(argv):
   f = flags.FLAGS
   results = run({'sizes': [int(s) for s in f.sizes],
                  'arbitrary_sizes': [int(s) for s in f.arbitrary_sizes],
-                 'calls': f.calls, 'plain': f.plain, 'batch': f.batch,
+                 'predictor': f.predictor, 'calls': f.calls, 'plain': f.plain, 'batch': f.batch,
                  'first_call': f.first_call, 'large': f.large,
                  'keep_freed_memory': f.keep_freed_memory})
   if f.output_json:
@@ -356,6 +365,7 @@ if __name__ == '__main__':
   absl_flags.DEFINE_list('sizes', DEFAULTS['sizes'], 'multistyle26 image sides; empty: skip.')
   absl_flags.DEFINE_list('arbitrary_sizes', DEFAULTS['arbitrary_sizes'],
                          'Arbitrary transformer image sides; empty: skip.')
+  absl_flags.DEFINE_bool('predictor', DEFAULTS['predictor'], 'Time the style predictor (256x256).')
   absl_flags.DEFINE_integer('calls', DEFAULTS['calls'], 'Timed calls per side (median).')
   absl_flags.DEFINE_bool('plain', DEFAULTS['plain'], "Also time nst_jax without small_conv's plan.")
   absl_flags.DEFINE_integer('batch', DEFAULTS['batch'], 'Frames in the batch test; 0: skip.')

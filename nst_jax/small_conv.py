@@ -173,6 +173,41 @@ def upsample_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return depth_to_space(y, 2)
 
 
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+  """Depthwise convolution with TensorFlow "SAME" zero padding (MobileNetV2's).
+
+  On CPU, XLA's grouped convolution (``feature_group_count`` = channels) is
+  slow; the same sum is written as k * k shifted, strided slices times a
+  per-channel weight, which XLA fuses into one elementwise loop.
+
+  Args:
+    x: [B, H, W, C].
+    kernel: [k, k, 1, C] (HWIO with one input channel per group).
+    stride: the same along both axes.
+  Returns:
+    [B, ceil(H / stride), ceil(W / stride), C] in the dtype of ``x``.
+  """
+  kernel = kernel.astype(x.dtype)
+  k, _, _, c = kernel.shape
+  if not use_fast_path():
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(stride, stride), padding='SAME',
+        dimension_numbers=_DIMENSIONS, feature_group_count=c)
+  _, h, w, _ = x.shape
+  out_h, out_w = -(-h // stride), -(-w // stride)
+  pad_h = max((out_h - 1) * stride + k - h, 0)
+  pad_w = max((out_w - 1) * stride + k - w, 0)
+  x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                  (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+  total = None
+  for i in range(k):
+    for j in range(k):
+      tap = x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+      term = tap * kernel[i, j, 0]
+      total = term if total is None else total + term
+  return total
+
+
 def _source_index(size: int, before: int, length: int, mode: str) -> np.ndarray:
   """Which of ``size`` rows feeds each of ``length`` rows of the padded axis.
 

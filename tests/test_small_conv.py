@@ -140,3 +140,17 @@ def test_network_gradient_equals_the_plain_network_gradient():
   scale = max(float(np.abs(g).max()) for g in want.values())
   for name in want:
     assert np.abs(np.asarray(got[name]) - np.asarray(want[name])).max() <= 2e-5 * scale, name
+
+
+@pytest.mark.parametrize('shape', [(1, 16, 16, 32, 1), (2, 15, 9, 24, 2), (1, 7, 8, 16, 2)], ids=str)
+def test_depthwise_conv_equals_grouped_conv(shape):
+  b, h, w, c, stride = shape
+  rng = np.random.default_rng(5)
+  x, kernel = _random(rng, b, h, w, c), _random(rng, 3, 3, 1, c)
+  with small_conv.settings(fast=True):
+    got = small_conv.depthwise_conv(x, kernel, stride)
+  want = jax.lax.conv_general_dilated(
+      x, kernel, (stride, stride), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      feature_group_count=c, precision=jax.lax.Precision.HIGHEST)
+  assert got.shape == want.shape
+  assert _rel_err(got, want) <= TOL
