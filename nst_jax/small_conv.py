@@ -32,6 +32,9 @@ On CPU, therefore, the same arithmetic is rearranged:
   convolution equals a 3x3 convolution on the edge-padded low-resolution
   image with 4x the output channels (one set per output phase), followed by
   depth-to-space: a quarter of the pixels, none of them duplicated.
+* **Depthwise convolutions** (the arbitrary-style predictor's MobileNetV2):
+  k * k shifted slices times per-channel weights, one elementwise fusion,
+  instead of XLA's grouped convolution (7x faster for the whole predictor).
 
 Every rewrite equals ``lax.conv_general_dilated`` on the padded input up to
 float32 rounding, in value and gradient (``tests/test_small_conv.py``).
