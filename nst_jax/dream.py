@@ -11,7 +11,8 @@ The ascent follows the original recipe: normalised gradient steps
 step and back after it, and octaves: the image is dreamt at sizes growing by
 ``octave_scale``, coarse to fine, each octave carrying the detail added so
 far up to the next size. Steps run on the device in compiled chunks
-(``lax.fori_loop``), one program per octave size.
+(``lax.fori_loop``, one program per octave size) driven by the style
+engine's chunk loop (``engine.run_chunks``).
 
 Typical use::
 
@@ -31,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nst_jax import engine
 from nst_jax import image_io
 from nst_jax import layers as vgg_layers
 from nst_jax import vgg
@@ -308,18 +310,21 @@ def dream(weights: weights_lib.WeightSet, image: np.ndarray, spec: DreamSpec = D
               else jax.image.resize(detail, (h, w, 3), 'bilinear'))
     x = base + detail
     key = jax.random.fold_in(base_key, octave)
-    step = 0
-    while step < config.steps_per_octave:
-      n = min(config.chunk_size, config.steps_per_octave - step)
-      if progress_every:
-        n = min(n, (step // progress_every + 1) * progress_every - step)
-      x, value = chunk_fn(x, key, jnp.int32(step), jnp.int32(n), params, guide_f,
+
+    def step(x, state, start, n, key=key):
+      x, value = chunk_fn(x, key, jnp.int32(start), jnp.int32(n), params, guide_f,
                           jnp.float32(config.step_size), jnp.int32(config.jitter), lo, hi)
-      step += n
-      if callback and ((progress_every and step % progress_every == 0)
-                       or step == config.steps_per_octave):
-        callback(DreamProgress(octave, len(shapes), step, config.steps_per_octave,
-                               float(value), functools.partial(at_input_size, x)))
+      return x, state, x, engine.ChunkInfo(n, False, True, {'objective': value})
+
+    # The style engine's chunk loop: chunks end at progress points.
+    for c in engine.run_chunks(step, x, None, 0, config.steps_per_octave, config.chunk_size,
+                               (progress_every,)):
+      x = c.x
+      if callback and ((progress_every and c.iteration % progress_every == 0)
+                       or c.iteration == config.steps_per_octave):
+        callback(DreamProgress(octave, len(shapes), c.iteration, config.steps_per_octave,
+                               float(c.info.terms['objective']),
+                               functools.partial(at_input_size, x)))
     detail = x - base
     # The objective of the full-size image with the detail so far.
     up = jnp.clip(full + jax.image.resize(detail, (*hw, 3), 'bilinear'), lo, hi)
