@@ -657,3 +657,20 @@ def test_disk_full_everywhere_keeps_existing_output(tmp_path, monkeypatch):
     cli_support.save_or_rescue(out, np.zeros((8, 8, 3), np.float32))
   assert 'saved to' not in str(e.value)
   assert out.read_bytes() == original
+
+
+def test_demo_writes_a_labelled_sheet(tmp_path, cache_dir):
+  """--demo: the sheet goes to --output_image, the optimised image beside it."""
+  pytest.importorskip('skimage')
+  pytest.importorskip('onnx')  # ports the real-time network on first use
+  out = tmp_path / 'demo.png'
+  proc = run_cli(['--demo', '--num_iterations=2', '--image_size=64',
+                  f'--output_image={out}'], cache_dir)
+  assert proc.returncode == 0, proc.stderr
+  assert 'Traceback' not in proc.stderr
+  sheet = image_io.load_image(out)
+  optimised = image_io.load_image(tmp_path / 'demo_optimised.png')
+  assert max(optimised.shape[:2]) == 64
+  # Six 256 px panels in three columns, with title bands: far larger than one panel.
+  assert sheet.shape[0] > 2 * 170 and sheet.shape[1] > 3 * 256
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['demo.png', 'demo_optimised.png']
