@@ -102,7 +102,7 @@ def perceptual_loss(p, vgg_tparams, images: torch.Tensor, styles: torch.Tensor,
                     style_layers=('relu1_1', 'relu2_1', 'relu3_1', 'relu4_1', 'relu5_1'),
                     content_weight=5.0, style_weight=100.0, tv_weight=1e-3):
   """Batch mean of the Gatys objective of the network's output; returns (loss, terms)."""
-  out = forward(p, images, F.one_hot(styles, num_styles).float())
+  out = forward(p, images, F.one_hot(styles, num_styles).to(images.dtype))
   taps = list(dict.fromkeys(list(content_layers) + list(style_layers)))
   with torch.no_grad():
     cf = torch_twin.vgg_features(vgg_tparams, preprocess(images, mean_bgr), content_layers)

@@ -40,6 +40,10 @@ flags.DEFINE_list('long_photos', [], 'Names (stems) of the photos that also get 
 flags.DEFINE_list('inits', ['random', 'image'], 'L-BFGS starts to run.')
 flags.DEFINE_multi_string('net', [], 'PATH:STYLE_INDEX of a trained network (repeatable).')
 flags.DEFINE_string('sheet', None, 'Write a side-by-side JPEG here (phase report).')
+flags.DEFINE_list('merge', [], 'Further result folders to read (phase report).')
+flags.DEFINE_list('sheet_columns', [], 'Methods shown in the sheet, in order (phase report).')
+flags.DEFINE_integer('sheet_cell', 256, 'Longest side of a sheet cell, px.')
+flags.DEFINE_string('photos_dir', None, 'Folder of the photos, for the sheet\'s first column.')
 FLAGS = flags.FLAGS
 
 
@@ -143,7 +147,11 @@ def net_phase(out: Path):
 
 
 def report(out: Path):
-  data = json.loads((out / 'results.json').read_text())
+  data, folder = {}, {}
+  for d in [out, *map(Path, FLAGS.merge)]:
+    part = json.loads((d / 'results.json').read_text())
+    data.update(part)
+    folder.update({k: d for k in part})
   photos = sorted({k.split('/')[0] for k in data})
   methods = sorted({k.split('/')[1] for k in data})
   lines = ['| photo | ' + ' | '.join(methods) + ' |', '|---' * (len(methods) + 1) + '|']
@@ -151,7 +159,39 @@ def report(out: Path):
     row = [f'{data[f"{p}/{m}"]["loss"]:.4g}' if f'{p}/{m}' in data else '' for m in methods]
     lines.append(f'| {p} | ' + ' | '.join(row) + ' |')
   print('\n'.join(lines))
+  if FLAGS.sheet:
+    write_sheet(data, folder, photos)
   return lines
+
+
+def write_sheet(data, folder, photos):
+  """Rows: photos; columns: the content, then each of --sheet_columns."""
+  import numpy as np
+  from nst_jax import image_io
+  cols = FLAGS.sheet_columns
+  rows = []
+  if FLAGS.photos:  # Rows: these photos only.
+    photos = [Path(p).stem for p in FLAGS.photos]
+  for p in photos:
+    if not all(f'{p}/{c}' in data for c in cols):
+      continue
+    cells = []
+    for c in cols:
+      stem = c.replace('@', '_')
+      cells.append(image_io.load_image(folder[f'{p}/{c}'] / f'{p}_{stem}.png'))
+    content = image_io.resize_to(image_io.load_image(FLAGS.photos_dir + f'/{p}.jpg'),
+                                 *cells[0].shape[:2]) if FLAGS.photos_dir else None
+    cells = ([content] if content is not None else []) + cells
+    cells = [image_io.resize_longest(c, FLAGS.sheet_cell) for c in cells]
+    h = min(c.shape[0] for c in cells)
+    cells = [image_io.resize_to(c, h, round(c.shape[1] * h / c.shape[0])) for c in cells]
+    gap = np.ones((h, 4, 3), np.float32)
+    row = [x for c in cells for x in (c, gap)][:-1]
+    rows.append(np.concatenate(row, axis=1))
+  w = max(r.shape[1] for r in rows)
+  rows = [np.pad(r, ((0, 4), (0, w - r.shape[1]), (0, 0)), constant_values=1.0) for r in rows]
+  image_io.save_image(FLAGS.sheet, np.concatenate(rows)[:-4])
+  _log(f'wrote {FLAGS.sheet} ({os.path.getsize(FLAGS.sheet) // 1024} KB)')
 
 
 def main(argv):
