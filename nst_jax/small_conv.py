@@ -37,9 +37,10 @@ On CPU, therefore, the same arithmetic is rearranged:
   instead of XLA's grouped convolution (7x faster for the whole predictor).
 
 Every rewrite equals ``lax.conv_general_dilated`` on the padded input up to
-float32 rounding, in value and gradient (``tests/test_small_conv.py``).
-Strips are per layer and instance-norm statistics are over the whole image,
-so there are no seams. On GPU and TPU (``jax.default_backend() != 'cpu'``)
+float32 rounding (``tests/test_small_conv.py``). The rewrites are for
+evaluation: under differentiation (training) each op computes the plain
+formulation's value and gradient. Strips are per layer and instance-norm
+statistics are over the whole image, so there are no seams. On GPU and TPU (``jax.default_backend() != 'cpu'``)
 XLA's own convolution is good at these shapes, and the plain formulation is
 used; ``settings`` overrides the choice for tests and benchmarks.
 """
@@ -120,20 +121,24 @@ def valid_conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
 
 
 def _plain_gradient(fast, plain, *static):
-  """``fast(*args, *static)`` with the gradient of ``plain(*args, *static)``.
+  """``fast(*args, *static)``, but ``plain(*args, *static)`` under differentiation.
 
   The strips (``lax.map`` with gathered windows) differentiate badly: each
   strip's transpose adds into a whole-image cotangent, which made a training
-  step ~14x slower. The rewrites compute the same function, so the backward
-  pass takes the plain formulation's VJP (XLA's convolution transposes), and
-  only the forward pass is rearranged.
+  step ~14x slower. When the function is differentiated, its value and VJP
+  are therefore the plain formulation's (XLA's convolution and its
+  transposes); only evaluation without a gradient is rearranged. Training
+  thus computes exactly what it computed before the rewrites (a training
+  test compares gradients with float64 PyTorch, and the rearranged forward's
+  float32 rounding, amplified by cancellation in a gamma gradient, went past
+  its bound).
   """
   @jax.custom_vjp
   def f(*args):
     return fast(*args, *static)
 
   def forward(*args):
-    return fast(*args, *static), args
+    return plain(*args, *static), args
 
   def backward(args, cotangent):
     return jax.vjp(lambda *a: plain(*a, *static), *args)[1](cotangent)

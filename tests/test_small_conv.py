@@ -123,7 +123,8 @@ def test_network_in_small_strips_equals_the_plain_network():
 
 
 def test_network_gradient_equals_the_plain_network_gradient():
-  # Training (issue 12) differentiates cin_net.apply through the CPU plan.
+  # Training (issue 12) differentiates cin_net.apply: under differentiation
+  # the plan computes the plain formulation (small_conv._plain_gradient).
   params = cin_net.init_params(jax.random.key(1), num_styles=2, width=8)
   images = np.random.default_rng(4).uniform(size=(1, 16, 12, 3)).astype(np.float32)
   weights = np.array([[0.5, 0.5]], np.float32)
