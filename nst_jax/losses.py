@@ -537,6 +537,88 @@ def guided_mean_std_loss(features: Array, masks: Array,
 # The objective.
 
 
+def _compute_dtype(spec: LossSpec):
+  """The network's compute dtype from ``spec`` (None: the parameters' dtype)."""
+  return None if spec.compute_dtype is None else jnp.dtype(spec.compute_dtype)
+
+
+def _style_features(params, styles: Sequence[Array], spec: LossSpec) -> list[dict]:
+  """Per style image, ``{layer: [h, w, C]}`` at the style layers ({} without any)."""
+  return [{l: f[0] for l, f in vgg.features(params, s[None], spec.style_layers,
+                                             pooling=spec.pooling,
+                                             compute_dtype=_compute_dtype(spec)).items()}
+          if spec.style_layers else {} for s in styles]
+
+
+def _gram_targets(params, styles: Sequence[Array], blend_weights: Sequence[float] | Array,
+                  spec: LossSpec) -> dict:
+  """The original objective's style targets: blended Gram matrices per layer."""
+  if not spec.style_layers:
+    return {}
+  grams = []
+  for style in styles:
+    feats = vgg.features(params, style[None], spec.style_layers, pooling=spec.pooling,
+                         compute_dtype=_compute_dtype(spec))
+    grams.append({l: gram(feats[l][0]) for l in spec.style_layers})
+  return blend_grams(grams, blend_weights)
+
+
+def _check_target_masks(content: Array, styles: Sequence[Array], content_masks: Array,
+                        style_masks: Sequence[Array] | None) -> None:
+  """Raises ValueError unless there is one content (and style) mask per style image."""
+  if content_masks.shape[0] != len(styles):
+    raise ValueError(f'content_masks: {content_masks.shape[0]} masks for {len(styles)} '
+                     'style images; give one mask per style image')
+  if tuple(content_masks.shape[1:]) != tuple(content.shape[:2]):
+    raise ValueError(f'content_masks are {content_masks.shape[2]}x{content_masks.shape[1]} '
+                     f'px but the content is {content.shape[1]}x{content.shape[0]}')
+  if style_masks is not None and len(style_masks) != len(styles):
+    raise ValueError(f'style_masks: {len(style_masks)} masks for {len(styles)} style images')
+
+
+def _guided_style_targets(feats: Sequence[dict], content_masks: Array,
+                          style_masks: Sequence[Array] | None, spec: LossSpec) -> dict:
+  """Spatial control's targets: masks per layer and each region's own statistics.
+
+  Returns ``'masks'``, ``'style_weights'`` (with style masks) and, by the
+  kinds in ``spec.style_losses``, ``'style'`` ([R, C, C] Gram matrices) and
+  ``'mean_std'`` ((means [R, C], stds [R, C])) per style layer.
+  """
+  kinds = spec.style_losses
+  out = {'masks': {**mask_pyramid(content_masks, spec.style_layers), 'image': content_masks}}
+  sm = None
+  if style_masks is not None:
+    sm = [{**mask_pyramid(m[None], spec.style_layers), 'image': m[None]} for m in style_masks]
+    out['style_weights'] = {l: tuple(s[l][0] for s in sm)
+                            for l in (*spec.style_layers, 'image')}
+  region_w = lambda r, l: None if sm is None else sm[r][l][0]
+  if 'gram' in kinds:
+    out['style'] = {l: jnp.stack([
+        gram(f[l]) if sm is None else guided_gram(f[l], sm[r][l])[0]
+        for r, f in enumerate(feats)]) for l in spec.style_layers}
+  if 'mean_std' in kinds:
+    out['mean_std'] = {l: tuple(jnp.stack(a) for a in zip(*[
+        moments(f[l], region_w(r, l)) for r, f in enumerate(feats)]))
+        for l in spec.style_layers}
+  return out
+
+
+def _blended_style_targets(feats: Sequence[dict], blend_weights: Sequence[float] | Array,
+                           spec: LossSpec) -> dict:
+  """Targets that blend the style images: ``'blend'`` and, by kind, ``'style'``, ``'mean_std'``."""
+  kinds = spec.style_losses
+  w = jnp.asarray(blend_weights, jnp.float32)
+  out = {'blend': w / jnp.sum(w)}
+  if 'gram' in kinds:
+    out['style'] = blend_grams([{l: gram(f[l]) for l in spec.style_layers} for f in feats],
+                               blend_weights)
+  if 'mean_std' in kinds:
+    stats = [{l: moments(f[l]) for l in spec.style_layers} for f in feats]
+    out['mean_std'] = {l: tuple(sum(out['blend'][i] * s[l][k] for i, s in enumerate(stats))
+                                for k in (0, 1)) for l in spec.style_layers}
+  return out
+
+
 def make_targets(params, content: Array, styles: Sequence[Array],
                  blend_weights: Sequence[float] | Array, spec: LossSpec,
                  content_masks: Array | None = None,
@@ -565,56 +647,14 @@ def make_targets(params, content: Array, styles: Sequence[Array],
   kinds = spec.style_losses
   guided = content_masks is not None
   if not guided and kinds == ('gram',) and not spec.color_loss:  # The original objective.
-    if not spec.style_layers:
-      return {'content': content_t, 'style': {}}
-    grams = []
-    for style in styles:
-      feats = vgg.features(params, style[None], spec.style_layers, pooling=spec.pooling,
-                           compute_dtype=None if spec.compute_dtype is None
-                           else jnp.dtype(spec.compute_dtype))
-      grams.append({l: gram(feats[l][0]) for l in spec.style_layers})
-    return {'content': content_t, 'style': blend_grams(grams, blend_weights)}
+    return {'content': content_t, 'style': _gram_targets(params, styles, blend_weights, spec)}
 
-  dtype = None if spec.compute_dtype is None else jnp.dtype(spec.compute_dtype)
-  feats = [{l: f[0] for l, f in vgg.features(params, s[None], spec.style_layers,
-                                              pooling=spec.pooling,
-                                              compute_dtype=dtype).items()}
-           if spec.style_layers else {} for s in styles]
-  out = {'content': content_t}
   if guided:
-    if content_masks.shape[0] != len(styles):
-      raise ValueError(f'content_masks: {content_masks.shape[0]} masks for {len(styles)} '
-                       'style images; give one mask per style image')
-    if tuple(content_masks.shape[1:]) != tuple(content.shape[:2]):
-      raise ValueError(f'content_masks are {content_masks.shape[2]}x{content_masks.shape[1]} '
-                       f'px but the content is {content.shape[1]}x{content.shape[0]}')
-    if style_masks is not None and len(style_masks) != len(styles):
-      raise ValueError(f'style_masks: {len(style_masks)} masks for {len(styles)} style images')
-    out['masks'] = {**mask_pyramid(content_masks, spec.style_layers), 'image': content_masks}
-    sm = None
-    if style_masks is not None:
-      sm = [{**mask_pyramid(m[None], spec.style_layers), 'image': m[None]} for m in style_masks]
-      out['style_weights'] = {l: tuple(s[l][0] for s in sm)
-                              for l in (*spec.style_layers, 'image')}
-    region_w = lambda r, l: None if sm is None else sm[r][l][0]
-    if 'gram' in kinds:
-      out['style'] = {l: jnp.stack([
-          gram(f[l]) if sm is None else guided_gram(f[l], sm[r][l])[0]
-          for r, f in enumerate(feats)]) for l in spec.style_layers}
-    if 'mean_std' in kinds:
-      out['mean_std'] = {l: tuple(jnp.stack(a) for a in zip(*[
-          moments(f[l], region_w(r, l)) for r, f in enumerate(feats)]))
-          for l in spec.style_layers}
-  else:
-    w = jnp.asarray(blend_weights, jnp.float32)
-    out['blend'] = w / jnp.sum(w)
-    if 'gram' in kinds:
-      out['style'] = blend_grams([{l: gram(f[l]) for l in spec.style_layers} for f in feats],
-                                 blend_weights)
-    if 'mean_std' in kinds:
-      stats = [{l: moments(f[l]) for l in spec.style_layers} for f in feats]
-      out['mean_std'] = {l: tuple(sum(out['blend'][i] * s[l][k] for i, s in enumerate(stats))
-                                  for k in (0, 1)) for l in spec.style_layers}
+    _check_target_masks(content, styles, content_masks, style_masks)
+  feats = _style_features(params, styles, spec)
+  out = {'content': content_t,
+         **(_guided_style_targets(feats, content_masks, style_masks, spec) if guided
+            else _blended_style_targets(feats, blend_weights, spec))}
   if 'sw' in kinds:
     out['sw'] = {l: tuple(_pixels(f[l]) for f in feats) for l in spec.style_layers}
   if spec.color_loss:
@@ -660,6 +700,77 @@ def default_loss_weights(spec: LossSpec, content_weight: float = 5.0,
   return out
 
 
+def _layer_features(feats: Mapping[str, Array], layer: str, weight: Array,
+                    spec: LossSpec) -> Array:
+  """Layer ``layer``'s [h, w, C] features, gradient-normalised if the spec asks."""
+  f = feats[layer][0]
+  if spec.normalize_gradients:
+    f = _normalize_grad(f, weight)
+  return f
+
+
+def _style_kind_value(kind: str, f: Array, layer: str, targets: Mapping, spec: LossSpec,
+                      layer_key: Array | None) -> Array:
+  """The unweighted style loss of one kind at one layer (guided if targets have masks)."""
+  guided = 'masks' in targets
+  m = targets['masks'][layer] if guided else None
+  if kind == 'gram':
+    return (guided_style_loss(f, m, targets['style'][layer]) if guided
+            else style_loss(f, targets['style'][layer]))
+  if kind == 'mean_std':
+    return (guided_mean_std_loss(f, m, targets['mean_std'][layer]) if guided
+            else mean_std_loss(f, targets['mean_std'][layer]))
+  styles = targets['sw'][layer]  # sw
+  if guided:
+    sw_w = targets.get('style_weights', {}).get(layer)
+    return guided_sliced_wasserstein_loss(f, m, styles, layer_key,
+                                          spec.directions(f.shape[-1]), sw_w)
+  dirs = random_directions(layer_key, f.shape[-1], spec.directions(f.shape[-1]))
+  return _sliced_wasserstein(_pixels(f), styles, targets['blend'], dirs)
+
+
+def _style_terms_by_kind(feats: Mapping[str, Array], targets: Mapping,
+                         loss_weights: Mapping, spec: LossSpec,
+                         key: Array | None) -> dict[str, Array]:
+  """Weighted style terms for the kinds in ``spec.style_losses``, guided or blended.
+
+  Returns ``style/<kind>/<layer>``, ``style/<layer>`` (the layer's sum over
+  kinds) and ``style/<kind>`` (the kind's sum over layers).
+  """
+  if spec.needs_key and key is None:
+    raise ValueError(f'key: total_loss needs a PRNG key for {spec.style_losses} '
+                     f'(color_loss={spec.color_loss}); pass a fresh key each iteration')
+  kinds = spec.style_losses
+  kind_w = loss_weights.get('style_losses')
+  terms = {}
+  for li, layer in enumerate(spec.style_layers):
+    w = loss_weights['style'][layer]
+    f = _layer_features(feats, layer, w if kind_w is None else w * sum(kind_w.values()), spec)
+    layer_key = None if key is None else jax.random.fold_in(key, li)
+    for kind in kinds:
+      value = _style_kind_value(kind, f, layer, targets, spec, layer_key)
+      scale = w if kind_w is None else w * kind_w[kind]
+      terms[f'style/{kind}/{layer}'] = scale * value
+    terms[f'style/{layer}'] = sum(terms[f'style/{k}/{layer}'] for k in kinds)
+  zero = jnp.zeros((), jnp.float32)
+  for kind in kinds:
+    terms[f'style/{kind}'] = sum((terms[f'style/{kind}/{l}'] for l in spec.style_layers), zero)
+  return terms
+
+
+def _color_term(image: Array, targets: Mapping, spec: LossSpec, key: Array) -> Array:
+  """The unweighted colour-distribution loss of ``image`` (guided if targets have masks)."""
+  color_key = jax.random.fold_in(key, len(spec.style_layers))
+  x = image.astype(jnp.float32)
+  nd = spec.color_directions or DEFAULT_COLOR_DIRECTIONS
+  if 'masks' in targets:
+    cw = targets.get('style_weights', {}).get('image')
+    return guided_sliced_wasserstein_loss(x, targets['masks']['image'], targets['color'],
+                                          color_key, nd, cw)
+  dirs = random_directions(color_key, 3, nd)
+  return _sliced_wasserstein(_pixels(x), targets['color'], targets['blend'], dirs)
+
+
 def total_loss(image: Array, params, targets: Mapping, loss_weights: Mapping,
                spec: LossSpec, key: Array | None = None) -> tuple[Array, dict[str, Array]]:
   """The full objective for one image.
@@ -681,72 +792,23 @@ def total_loss(image: Array, params, targets: Mapping, loss_weights: Mapping,
   """
   feats = spec.features(params, image[None])
   terms = {}
-
-  def weighted(kind, layer, fn, target):
-    w = loss_weights[kind][layer]
-    f = feats[layer][0]
-    if spec.normalize_gradients:
-      f = _normalize_grad(f, w)
-    return w * fn(f, target)
-
   for layer in spec.content_layers:
-    terms[f'content/{layer}'] = weighted('content', layer, content_loss,
-                                         targets['content'][layer])
-  kinds = spec.style_losses
-  guided = 'masks' in targets
-  if kinds == ('gram',) and not guided:  # The original objective, unchanged.
+    w = loss_weights['content'][layer]
+    terms[f'content/{layer}'] = w * content_loss(_layer_features(feats, layer, w, spec),
+                                                 targets['content'][layer])
+  if spec.style_losses == ('gram',) and 'masks' not in targets:  # The original objective.
     for layer in spec.style_layers:
-      terms[f'style/{layer}'] = weighted('style', layer, style_loss, targets['style'][layer])
-  else:
-    if spec.needs_key and key is None:
-      raise ValueError(f'key: total_loss needs a PRNG key for {spec.style_losses} '
-                       f'(color_loss={spec.color_loss}); pass a fresh key each iteration')
-    kind_w = loss_weights.get('style_losses')
-    for li, layer in enumerate(spec.style_layers):
       w = loss_weights['style'][layer]
-      f = feats[layer][0]
-      if spec.normalize_gradients:
-        f = _normalize_grad(f, w if kind_w is None else w * sum(kind_w.values()))
-      m = targets['masks'][layer] if guided else None
-      sw_w = targets.get('style_weights', {}).get(layer)
-      layer_key = None if key is None else jax.random.fold_in(key, li)
-      for kind in kinds:
-        if kind == 'gram':
-          value = (guided_style_loss(f, m, targets['style'][layer]) if guided
-                   else style_loss(f, targets['style'][layer]))
-        elif kind == 'mean_std':
-          value = (guided_mean_std_loss(f, m, targets['mean_std'][layer]) if guided
-                   else mean_std_loss(f, targets['mean_std'][layer]))
-        else:  # sw
-          styles = targets['sw'][layer]
-          if guided:
-            value = guided_sliced_wasserstein_loss(f, m, styles, layer_key,
-                                                   spec.directions(f.shape[-1]), sw_w)
-          else:
-            dirs = random_directions(layer_key, f.shape[-1], spec.directions(f.shape[-1]))
-            value = _sliced_wasserstein(_pixels(f), styles, targets['blend'], dirs)
-        scale = w if kind_w is None else w * kind_w[kind]
-        terms[f'style/{kind}/{layer}'] = scale * value
-      terms[f'style/{layer}'] = sum(terms[f'style/{k}/{layer}'] for k in kinds)
-    zero = jnp.zeros((), jnp.float32)
-    for kind in kinds:
-      terms[f'style/{kind}'] = sum((terms[f'style/{kind}/{l}'] for l in spec.style_layers), zero)
+      terms[f'style/{layer}'] = w * style_loss(_layer_features(feats, layer, w, spec),
+                                               targets['style'][layer])
+  else:
+    terms.update(_style_terms_by_kind(feats, targets, loss_weights, spec, key))
   terms['tv'] = loss_weights['tv'] * tv_loss(image.astype(jnp.float32))
   zero = jnp.zeros((), jnp.float32)
   terms['content'] = sum((terms[f'content/{l}'] for l in spec.content_layers), zero)
   terms['style'] = sum((terms[f'style/{l}'] for l in spec.style_layers), zero)
   total = terms['content'] + terms['style'] + terms['tv']
   if spec.color_loss:
-    color_key = jax.random.fold_in(key, len(spec.style_layers))
-    x = image.astype(jnp.float32)
-    nd = spec.color_directions or DEFAULT_COLOR_DIRECTIONS
-    if guided:
-      cw = targets.get('style_weights', {}).get('image')
-      value = guided_sliced_wasserstein_loss(x, targets['masks']['image'], targets['color'],
-                                             color_key, nd, cw)
-    else:
-      dirs = random_directions(color_key, 3, nd)
-      value = _sliced_wasserstein(_pixels(x), targets['color'], targets['blend'], dirs)
-    terms['color'] = loss_weights['color'] * value
+    terms['color'] = loss_weights['color'] * _color_term(image, targets, spec, key)
     total = total + terms['color']
   return total, terms
