@@ -193,6 +193,75 @@ def _check_labels(labels: Sequence[str], n: int, name: str) -> list[str]:
   return labels + [''] * (n - len(labels))
 
 
+def _draw_entry(canvas: Image.Image, draw, entry: Image.Image | str | None, box: Box,
+                failure_font, min_lines: int) -> tuple[Box | None, Box | None]:
+  """Draws one image slot: an image hung centred from the top, a failure message, or nothing.
+
+  Args:
+    canvas: the sheet being drawn.
+    draw: its ImageDraw.
+    entry: a resized image, a failure reason, or None.
+    box: the slot (left, top, right, bottom).
+    failure_font: the font of failure messages.
+    min_lines: the fewest lines a failure message may take, however short the slot.
+  Returns:
+    ``(image_box, failure_box)``: where the image was pasted and the ink of
+    the failure message, each None (or empty) where nothing of its kind was drawn.
+  """
+  left, top, right, bottom = box
+  if isinstance(entry, str):
+    lines = fit_text(_failure_text(entry), failure_font, right - left - 4,
+                     max(min_lines, (bottom - top - 4) // _line_height(failure_font)))
+    return None, _draw_lines(draw, lines, (left + 2, top + 2, right - 2, bottom),
+                             failure_font, FAILED, centre=False)
+  if entry is None:
+    return None, None
+  x = left + (right - left - entry.size[0]) // 2
+  canvas.paste(entry, (x, top))
+  return (x, top, x + entry.size[0], top + entry.size[1]), None
+
+
+def _grid_table(row_images: Sequence[Cell], column_images: Sequence[Cell],
+                cells: Sequence[Sequence[Cell]], cell_size: int) -> list[list]:
+  """The grid as rows of entries, images resized; [0][0] is the empty corner.
+
+  Row 0 is the header row (the column images), column 0 the header column
+  (the row images).
+  """
+  table = [[None] + list(column_images)] + [[row_images[i]] + list(cells[i])
+                                            for i in range(len(row_images))]
+  return [[_to_pil(e, cell_size) if isinstance(e, np.ndarray) else e for e in row]
+          for row in table]
+
+
+def _track_sizes(table: Sequence[Sequence], cell_size: int) -> tuple[list[int], list[int]]:
+  """Column widths and row heights: the widest / tallest image in each, else ``cell_size``.
+
+  Landscape photos then leave no square gaps; a row or column of failures
+  only gets a full square.
+  """
+  widths = [max([row[c].size[0] for row in table if isinstance(row[c], Image.Image)]
+                or [cell_size]) for c in range(len(table[0]))]
+  heights = [max([e.size[1] for e in row if isinstance(e, Image.Image)] or [cell_size])
+             for row in table]
+  return widths, heights
+
+
+def _grid_titles(row_labels: Sequence[str], column_labels: Sequence[str],
+                 widths: Sequence[int], font, title_lines: int) -> dict[tuple, list[str]]:
+  """Fitted title lines keyed by table position: (0, c) for columns, (r, 0) for rows."""
+  titles = {(0, c): fit_text(t, font, widths[c], title_lines)
+            for c, t in enumerate(column_labels, start=1)}
+  titles.update({(r, 0): fit_text(t, font, widths[0], title_lines)
+                 for r, t in enumerate(row_labels, start=1)})
+  return titles
+
+
+def _grid_key(r: int, c: int) -> tuple:
+  """The `Sheet` key of table position (r, c): ('column', j), ('row', i) or ('cell', i, j)."""
+  return ('column', c - 1) if r == 0 else ('row', r - 1) if c == 0 else ('cell', r - 1, c - 1)
+
+
 def grid(row_images: Sequence[Cell], column_images: Sequence[Cell],
          cells: Sequence[Sequence[Cell]], *, row_labels: Sequence[str] = (),
          column_labels: Sequence[str] = (), cell_size: int = 192, font_size: int = 13,
@@ -233,23 +302,11 @@ def grid(row_images: Sequence[Cell], column_images: Sequence[Cell],
                      f'image), got {[len(row) for row in cells]}')
   row_labels = _check_labels(row_labels, n, 'row_labels')
   column_labels = _check_labels(column_labels, m, 'column_labels')
-  # table[r][c]: r = 0 is the header row, c = 0 the header column.
-  table = [[None] + list(column_images)] + [[row_images[i]] + list(cells[i]) for i in range(n)]
-  table = [[_to_pil(e, cell_size) if isinstance(e, np.ndarray) else e for e in row]
-           for row in table]
-  # Each column is as wide as its widest image and each row as tall as its
-  # tallest, so landscape photos do not leave square gaps; a row or column
-  # of failures only gets a full square.
-  widths = [max([row[c].size[0] for row in table if isinstance(row[c], Image.Image)]
-                or [cell_size]) for c in range(m + 1)]
-  heights = [max([e.size[1] for e in row if isinstance(e, Image.Image)] or [cell_size])
-             for row in table]
+  table = _grid_table(row_images, column_images, cells, cell_size)
+  widths, heights = _track_sizes(table, cell_size)
   font = _font(font_size)
   failure_font = _font(max(8, font_size - 1))
-  titles = {(0, c): fit_text(t, font, widths[c], title_lines)
-            for c, t in enumerate(column_labels, start=1)}
-  titles.update({(r, 0): fit_text(t, font, widths[0], title_lines)
-                 for r, t in enumerate(row_labels, start=1)})
+  titles = _grid_titles(row_labels, column_labels, widths, font, title_lines)
   # As tall as the longest title needs (one line at least, so rows align).
   band = max([len(v) for v in titles.values()] + [1]) * _line_height(font) + padding // 2
   xs = np.cumsum([padding] + [w + padding for w in widths]).tolist()
@@ -261,7 +318,7 @@ def grid(row_images: Sequence[Cell], column_images: Sequence[Cell],
     for c, entry in enumerate(row):
       if r == 0 and c == 0:
         continue
-      key = ('column', c - 1) if r == 0 else ('row', r - 1) if c == 0 else ('cell', r - 1, c - 1)
+      key = _grid_key(r, c)
       x0, y0, w, h = xs[c], ys[r], widths[c], heights[r]
       if titles.get((r, c)):
         box = _draw_lines(draw, titles[(r, c)], (x0, y0, x0 + w, y0 + band), font, TEXT,
@@ -269,17 +326,12 @@ def grid(row_images: Sequence[Cell], column_images: Sequence[Cell],
         if box:
           text_boxes[key] = box
       top = y0 + band  # Images hang from their title band, centred across.
-      if isinstance(entry, str):
-        lines = fit_text(_failure_text(entry), failure_font, w - 4,
-                         max(2, (h - 4) // _line_height(failure_font)))
-        box = _draw_lines(draw, lines, (x0 + 2, top + 2, x0 + w - 2, top + h), failure_font,
-                          FAILED, centre=False)
-        if box:
-          text_boxes[(*key, 'failure')] = box
-      elif entry is not None:
-        left = x0 + (w - entry.size[0]) // 2
-        canvas.paste(entry, (left, top))
-        image_boxes[key] = (left, top, left + entry.size[0], top + entry.size[1])
+      image_box, failure_box = _draw_entry(canvas, draw, entry, (x0, top, x0 + w, top + h),
+                                           failure_font, min_lines=2)
+      if image_box:
+        image_boxes[key] = image_box
+      if failure_box:
+        text_boxes[(*key, 'failure')] = failure_box
   return Sheet(np.asarray(canvas, np.float32) / 255.0, image_boxes, text_boxes)
 
 
@@ -337,17 +389,11 @@ def tiles(images: Sequence[Cell], titles: Sequence[str] = (), *, columns: int = 
                       bottom=True)
     if box:
       text_boxes[('tile', k)] = box
-    if isinstance(picture, str):
-      failure_font = _font(max(8, font_size - 1))
-      lines = fit_text(_failure_text(picture), failure_font, box_w - 4,
-                       max(1, (box_h - 4) // _line_height(failure_font)))
-      box = _draw_lines(draw, lines, (x0 + 2, y0 + band + 2, x0 + box_w - 2, y0 + band + box_h),
-                        failure_font, FAILED, centre=False)
-      if box:
-        text_boxes[('tile', k, 'failure')] = box
-    elif picture is not None:
-      w, h = picture.size
-      left, top = x0 + (box_w - w) // 2, y0 + band
-      canvas.paste(picture, (left, top))
-      image_boxes[('tile', k)] = (left, top, left + w, top + h)
+    image_box, failure_box = _draw_entry(
+        canvas, draw, picture, (x0, y0 + band, x0 + box_w, y0 + band + box_h),
+        _font(max(8, font_size - 1)), min_lines=1)
+    if image_box:
+      image_boxes[('tile', k)] = image_box
+    if failure_box:
+      text_boxes[('tile', k, 'failure')] = failure_box
   return Sheet(np.asarray(canvas, np.float32) / 255.0, image_boxes, text_boxes)
