@@ -204,14 +204,20 @@ class PhotoBatches:
     with self._lock:
       return {self.paths[i]: why for i, why in sorted(self._bad.items())}
 
-  def check_readable(self, max_workers: int = 2) -> int:
-    """Decodes every photo once (warming the cache); returns how many are readable.
+  def check_readable(self, max_workers: int = 2, limit: int | None = 1000) -> int:
+    """Decodes photos once (warming the cache); returns how many are readable.
 
+    Args:
+      max_workers: decoding threads.
+      limit: decode at most this many, the first of the first epoch's order
+        (None: all); a large folder's other photos are checked as they come.
     Raises:
-      ValueError: none of them is.
+      ValueError: none of those decoded is readable.
     """
+    order = [int(i) for i in self._perm(0)][:limit]
     with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:
-      ok = sum(p is not None for p in pool.map(self._photo, range(len(self.paths))))
+      ok = sum(p is not None for p in pool.map(self._photo, order))
     if not ok:
-      raise ValueError(f'none of the {len(self.paths)} photos could be read')
+      tried = 'photos' if len(order) == len(self.paths) else 'photos tried'
+      raise ValueError(f'none of the {len(order)} {tried} could be read')
     return ok

@@ -462,7 +462,7 @@ def run(state: TrainState, train_step: Callable, batches: Iterable[tuple[int, np
                          'styles': batch_styles(step, batch_size, style_ids)}, mesh)
     state, metrics = train_step(state, batch)
     done = step + 1
-    if t0 is None or done == start + 2:  # Time from after the compiling step.
+    if t0 is None:  # Time from the end of the first (compiling) step.
       jax.block_until_ready(state.params)
       t0, timed_from = time.perf_counter(), done
     if on_progress and (done % print_every == 0 or done == steps):

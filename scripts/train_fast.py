@@ -271,8 +271,9 @@ def _run() -> int:
   start = int(state.step)
   devices = setup.mesh.devices.size
   _say(f'{config.mode} network, width {config.width}, {len(specs)} style(s) as '
-       f'{", ".join(map(str, setup.style_ids))}; {readable} photos; {devices} '
-       f'{jax.devices()[0].platform} device(s); steps {start}..{config.steps}')
+       f'{", ".join(map(str, setup.style_ids))}; {len(paths)} photos ({readable} decoded '
+       f'so far); {devices} {jax.devices()[0].platform} device(s); steps '
+       f'{start}..{config.steps}')
 
   meta_out = {'settings': settings, 'output_net': output_net}
 
