@@ -341,6 +341,75 @@ def _step_differences(frames: np.ndarray, previous: np.ndarray | None) -> float:
   return float(np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3)).sum())
 
 
+class _FlickerMeter:
+  """Counts frames and sums frame-to-frame change of the input and the output.
+
+  Batches are added in order; each batch's first frame is compared with the
+  previous batch's last.
+  """
+
+  def __init__(self):
+    self.frames = 0
+    self._diff_in = self._diff_out = 0.0
+    self._prev_in = self._prev_out = None
+
+  def add(self, frames_in: np.ndarray, frames_out: np.ndarray) -> None:
+    self._diff_in += _step_differences(frames_in, self._prev_in)
+    self._diff_out += _step_differences(frames_out, self._prev_out)
+    self._prev_in, self._prev_out = frames_in[-1], frames_out[-1]
+    self.frames += len(frames_in)
+
+  def flicker(self) -> float | None:
+    """Output change / input change (None with under two frames or a still input)."""
+    if self.frames > 1 and self._diff_in > 0:
+      return self._diff_out / self._diff_in
+    return None
+
+
+def _apply_padded(fn: Callable[[np.ndarray], np.ndarray], batch: list[np.ndarray],
+                  batch_size: int, height: int, width: int) -> np.ndarray:
+  """``fn`` on ``batch`` padded to ``batch_size`` (its last frame repeated); the real outputs.
+
+  Raises:
+    ValueError: ``fn`` returned frames other than [height, width, 3].
+  """
+  n = len(batch)
+  padded = np.stack(batch + [batch[-1]] * (batch_size - n))
+  out = np.asarray(fn(padded), np.float32)[:n]
+  if out.shape != (n, height, width, 3):
+    raise ValueError(f'fn returned frames of shape {out.shape[1:]}, expected '
+                     f'{(height, width, 3)}')
+  return out
+
+
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+  """Frames in [0, 1] (clipped) as rounded 8-bit values."""
+  return np.rint(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _map_overlapped(batches: _Prefetch, process: Callable[[list[np.ndarray]], np.ndarray],
+                    write: Callable[[np.ndarray], None]) -> None:
+  """``write(process(batch))`` for every batch, each write in a thread one batch behind.
+
+  Decoding (in ``batches``' thread) runs one batch ahead and encoding one
+  behind, so that ffmpeg's pipes overlap the computation. Re-raises the
+  first error of either; both threads have stopped when this returns.
+  """
+  encoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='nst_jax_encode')
+  pending = None
+  try:
+    for batch in batches:
+      out = process(batch)
+      if pending is not None:
+        pending.result()  # Raises the encoder's error, if any.
+      pending = encoder.submit(write, out)
+    if pending is not None:
+      pending.result()
+  finally:
+    batches.close()
+    encoder.shutdown(wait=True)
+
+
 def transform_video(src, dst, fn: Callable[[np.ndarray], np.ndarray], *,
                     batch_size: int = 8, size: int | None = None, quality: int = 7,
                     progress: Callable[[int, int | None], None] | None = None) -> VideoResult:
@@ -371,46 +440,19 @@ def transform_video(src, dst, fn: Callable[[np.ndarray], np.ndarray], *,
   info = probe(src)
   height, width = output_size(info.height, info.width, size)
   writer = _Writer(dst, info.fps, quality)
-  frames_done = 0
-  diff_in = diff_out = 0.0
-  prev_in = prev_out = None
+  meter = _FlickerMeter()
 
-  def flush(batch: list[np.ndarray]) -> np.ndarray:
-    nonlocal frames_done, diff_in, diff_out, prev_in, prev_out
-    n = len(batch)
-    padded = np.stack(batch + [batch[-1]] * (batch_size - n))
-    out = np.asarray(fn(padded), np.float32)[:n]
-    if out.shape != (n, height, width, 3):
-      raise ValueError(f'fn returned frames of shape {out.shape[1:]}, expected '
-                       f'{(height, width, 3)}')
-    frames_in = np.stack(batch)
-    diff_in += _step_differences(frames_in, prev_in)
-    diff_out += _step_differences(out, prev_out)
-    prev_in, prev_out = frames_in[-1], out[-1]
-    frames_done += n
+  def process(batch: list[np.ndarray]) -> np.ndarray:
+    out = _apply_padded(fn, batch, batch_size, height, width)
+    meter.add(np.stack(batch), out)
     if progress:
-      progress(frames_done, info.estimated_frames)
-    return np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
+      progress(meter.frames, info.estimated_frames)
+    return _to_uint8(out)
 
-  # Decoding (and resizing) runs one batch ahead in a thread, and encoding one
-  # batch behind in another, so that ffmpeg's pipes overlap the computation.
   batches = _Prefetch(_frame_batches(src, height, width, batch_size))
-  encoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='nst_jax_encode')
-  pending = None
   try:
-    try:
-      for batch in batches:
-        out = flush(batch)
-        if pending is not None:
-          pending.result()  # Raises the encoder's error, if any.
-        pending = encoder.submit(writer.write, out)
-      if pending is not None:
-        pending.result()
-    finally:
-      # Both threads stop before the writer is committed or aborted.
-      batches.close()
-      encoder.shutdown(wait=True)
-    if frames_done == 0:
+    _map_overlapped(batches, process, writer.write)
+    if meter.frames == 0:
       raise VideoError(f'video {_show(src)} has no frames that could be decoded; pass a '
                        'video file with a video stream')
     writer.commit()
@@ -421,7 +463,6 @@ def transform_video(src, dst, fn: Callable[[np.ndarray], np.ndarray], *,
   except BaseException:
     writer.abort()
     raise
-  flicker = diff_out / diff_in if frames_done > 1 and diff_in > 0 else None
-  return VideoResult(frames=frames_done, fps=info.fps, width=width, height=height,
-                     seconds=time.perf_counter() - t0, flicker=flicker,
+  return VideoResult(frames=meter.frames, fps=info.fps, width=width, height=height,
+                     seconds=time.perf_counter() - t0, flicker=meter.flicker(),
                      audio_codec=info.audio_codec)
