@@ -39,7 +39,6 @@ Typical use inside your own JAX code::
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 
 import jax
