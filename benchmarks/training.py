@@ -8,6 +8,7 @@ compiles. Reports training images per second (median of the repeats) and the
 ratio.
 
     python -m benchmarks.training                 # 256-px crops, batch 4, width 32
+    python scripts/benchmark.py --mode=training   # the same through the one entry point
     python -m benchmarks.training --batch_size=16 --precision=bfloat16   # GPU
 """
 
@@ -62,7 +63,9 @@ def _time(fn, steps):
 
 def run(flags: dict | None = None) -> dict:
   """Times both steps; returns JSON-able results (images/s, ratio, device)."""
-  f = {**DEFAULTS, **(flags or {})}
+  # scripts/benchmark.py --mode=training passes all its flags: keep ours.
+  f = {**DEFAULTS, **{k: v for k, v in (flags or {}).items()
+                      if k in DEFAULTS and v is not None}}
   import jax
   import numpy as np
   from nst_jax import cin_net, train, weights
