@@ -61,3 +61,13 @@ def test_benchmark_mode_dispatch():
                         cwd=ROOT)
   assert proc.returncode == 1
   assert 'no_such_mode' in proc.stderr and 'gatys' in proc.stderr
+
+
+def test_realtime_gpu_benchmark_runs_small():
+  """The GPU frames/s check (scripts/gpu_bench.sh) runs end to end, here on a tiny CPU frame."""
+  from benchmarks import realtime_gpu
+  results = realtime_gpu.run({'height': 32, 'width': 48, 'frames': 1, 'calls': 1})
+  assert {(r['network'], r['dtype']) for r in results['rows']} == {
+      (n, d) for n in ('multistyle26', 'arbitrary_transform') for d in ('float32', 'bfloat16')}
+  assert all(r['fps'] > 0 for r in results['rows'])
+  assert 'frames/s' in realtime_gpu.markdown(results)
