@@ -30,7 +30,7 @@ from nst_jax import image_io
 EXAMPLES = '''
 Stylize a photo (python scripts/stylize.py --helpfull for every flag):
 
-  python scripts/stylize.py --demo     # a photo in painting styles, ~2 minutes on 2 cores
+  python scripts/stylize.py --demo     # a photo in painting styles, ~1 minute on 2 cores
   python scripts/stylize.py --content_image=photo.jpg --style_image=painting.jpg \\
       --output_image=out/photo_painting.png
   python scripts/stylize.py --content_image=photo.jpg --style_image=a.jpg,b.jpg \\
