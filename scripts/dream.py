@@ -19,6 +19,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 
 from nst_jax import cli_support
 from nst_jax import config as config_lib
@@ -140,6 +141,9 @@ def _run() -> int:
 
 
 def main(argv):
+  if not FLAGS['verbosity'].present:  # absl log lines are debug detail.
+    absl_logging.set_verbosity(absl_logging.ERROR)
+  cli_support.show_warnings_on_one_line()
   if len(argv) > 1:
     return cli_support.fail(f'unexpected arguments {argv[1:]}; all options are --flags')
   try:
