@@ -49,8 +49,8 @@ flags.DEFINE_list('content_masks', None, 'Spatial control: one mask image per st
 flags.DEFINE_list('style_masks', None, 'Optional, with --content_masks: one mask per style '
                   'image choosing the part of that style to use.')
 flags.DEFINE_bool('demo', False, 'No input needed: scikit-image\'s cat photo in three built-in '
-                  'real-time painting styles, and optimised in the style of a painting '
-                  'rendered by a fourth; writes a labelled sheet to --output_image '
+                  'real-time painting styles, and optimised towards its astronaut photo '
+                  'painted in built-in style 19; writes a labelled sheet to --output_image '
                   '(default outputs/demo.png). Uses --image_size=256 --num_iterations=300 '
                   'unless given.')
 flags.DEFINE_string('resume', None, 'Continue an interrupted run from this checkpoint '
