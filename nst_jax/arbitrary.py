@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import small_conv
+from nst_jax.cin_net import check_param_shapes
 from nst_jax.cin_net import instance_norm
 from nst_jax.cin_net import pad_to_multiple
 
@@ -134,22 +135,9 @@ def transformer_param_shapes(style_dim: int = STYLE_DIM) -> dict[str, tuple[int,
   return shapes
 
 
-def check_params(params: Mapping, expected: Mapping[str, tuple[int, ...]],
-                 where: str = 'params') -> None:
-  """Raises ValueError naming every missing or extra key and shape mismatch."""
-  problems = []
-  missing = sorted(set(expected) - set(params))
-  extra = sorted(set(params) - set(expected))
-  if missing:
-    problems.append(f'missing {missing}')
-  if extra:
-    problems.append(f'unexpected {extra}')
-  for key in sorted(set(expected) & set(params)):
-    if tuple(np.shape(params[key])) != tuple(expected[key]):
-      problems.append(f'{key} has shape {tuple(np.shape(params[key]))}, '
-                      f'expected {tuple(expected[key])}')
-  if problems:
-    raise ValueError(f'{where}: ' + '; '.join(problems))
+# The same check as the CIN network's, against the shapes above:
+# check_params(params, transformer_param_shapes(), where).
+check_params = check_param_shapes
 
 
 def _check_images(images: jax.Array, dtype) -> jax.Array:

@@ -87,12 +87,14 @@ def num_styles_of(params: Params) -> int:
   return int(params['contract.0.gamma'].shape[0])
 
 
-def check_params(params: Params, where: str = 'params') -> None:
-  """Raises ValueError naming every missing or extra key and shape mismatch."""
-  try:
-    expected = param_shapes(num_styles_of(params), width_of(params))
-  except KeyError as e:
-    raise ValueError(f'{where}: missing {e}; not CIN-network parameters') from None
+def check_param_shapes(params: Mapping, expected: Mapping[str, tuple[int, ...]],
+                       where: str = 'params') -> None:
+  """Raises ValueError naming every missing or extra key and shape mismatch.
+
+  The check of a flat parameter dict against its expected shapes, for this
+  network (``check_params``) and the arbitrary-style ones
+  (``arbitrary.check_params``).
+  """
   problems = []
   missing = sorted(set(expected) - set(params))
   extra = sorted(set(params) - set(expected))
@@ -101,11 +103,20 @@ def check_params(params: Params, where: str = 'params') -> None:
   if extra:
     problems.append(f'unexpected {extra}')
   for key in sorted(set(expected) & set(params)):
-    if tuple(np.shape(params[key])) != expected[key]:
+    if tuple(np.shape(params[key])) != tuple(expected[key]):
       problems.append(f'{key} has shape {tuple(np.shape(params[key]))}, '
-                      f'expected {expected[key]}')
+                      f'expected {tuple(expected[key])}')
   if problems:
-    raise ValueError(f'{where}: not CIN-network parameters: ' + '; '.join(problems))
+    raise ValueError(f'{where}: ' + '; '.join(problems))
+
+
+def check_params(params: Params, where: str = 'params') -> None:
+  """Raises ValueError naming every missing or extra key and shape mismatch."""
+  try:
+    expected = param_shapes(num_styles_of(params), width_of(params))
+  except KeyError as e:
+    raise ValueError(f'{where}: missing {e}; not CIN-network parameters') from None
+  check_param_shapes(params, expected, f'{where}: not CIN-network parameters')
 
 
 def instance_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array,
