@@ -49,6 +49,8 @@ CACHE_DIR_ENV = 'NST_JAX_CACHE_DIR'
 # check with small files.
 MAX_PIXELS_ENV = 'NST_JAX_MAX_IMAGE_PIXELS'
 INPUTS = 'inputs and output'
+# The arguments that ask for help instead of a run.
+HELP_ARGS = ('-h', '--help', '-help', '--helpshort', '-?')
 
 
 # ----------------------------------------------------------------------------
@@ -137,7 +139,7 @@ def help_text(examples: str, groups: Mapping[str, Sequence[str]]) -> str:
 def run(main: Callable[[list[str]], int], examples: str,
         groups: Mapping[str, Sequence[str]]) -> None:
   """``app.run(main)`` with a grouped ``--help``, one-line warnings and quiet logging."""
-  if any(a in ('-h', '--help', '-help', '--helpshort', '-?') for a in sys.argv[1:]):
+  if any(a in HELP_ARGS for a in sys.argv[1:]):
     print(help_text(examples, groups))
     sys.exit(0)
 
@@ -153,6 +155,27 @@ def run(main: Callable[[list[str]], int], examples: str,
       return fail(str(e))
 
   app.run(quiet_main)
+
+
+
+def flags_parser(help_text: Callable[[], str] | None = None
+                 ) -> Callable[[list[str]], list[str]]:
+  """absl's flag parser for ``app.run(main, flags_parser=...)``, a bad flag one error line.
+
+  Args:
+    help_text: when given, ``--help`` (or any of ``HELP_ARGS``) prints
+      ``help_text()`` and exits 0, instead of absl's own listing.
+  """
+  def parse(argv: list[str]) -> list[str]:
+    if help_text is not None and any(a in HELP_ARGS for a in argv[1:]):
+      print(help_text())
+      sys.exit(0)
+    try:
+      return FLAGS(argv)
+    except flags.Error as e:
+      sys.exit(fail(f'{e}; see --help'))
+
+  return parse
 
 
 # ----------------------------------------------------------------------------

@@ -156,16 +156,5 @@ def main(argv):
     return 130
 
 
-def _parse_flags(argv):
-  """absl's parser, but --help prints the grouped help, and a bad flag is one error line."""
-  if any(a in ('-h', '-help', '--help', '-?', '--helpshort') for a in argv[1:]):
-    print(_help_text())
-    sys.exit(0)
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(cli_support.fail(f'{e}; see --help'))
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli_support.flags_parser(_help_text))

@@ -101,17 +101,6 @@ def _help_text() -> str:
   return '\n'.join(lines)
 
 
-def _parse_flags(argv):
-  """absl's parser, but --help prints the grouped help above."""
-  if any(a in ('-h', '-help', '--help', '-?', '--helpshort') for a in argv[1:]):
-    print(_help_text())
-    sys.exit(0)
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(cli_support.fail(f'{e}; see --help'))
-
-
 def _as_flag_error(error: Exception) -> config_lib.ConfigError:
   """A library message with its `argument` names shown as the flags that set them."""
   return config_lib.ConfigError(re.sub(
@@ -488,4 +477,4 @@ if __name__ == '__main__':
   logging.getLogger('jax').setLevel(logging.WARNING)
   _plain_library_messages()
   warnings.filterwarnings('ignore', message='.*os.fork.*')
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli_support.flags_parser(_help_text))

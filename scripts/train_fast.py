@@ -337,13 +337,6 @@ def _run() -> int:
   return 0
 
 
-def _parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(cli_support.fail(f'{e}; see --help'))
-
-
 def main(argv):
   cli_support.show_warnings_on_one_line()
   if len(argv) > 1:
@@ -359,4 +352,4 @@ def main(argv):
 
 if __name__ == '__main__':
   logging.getLogger('jax').setLevel(logging.WARNING)
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli_support.flags_parser())
