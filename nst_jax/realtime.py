@@ -420,9 +420,7 @@ def stylize_arbitrary(predictor_params: Mapping, transformer_params: Mapping, im
     strength: in [0, 1]; the style vector used is ``strength * style_vector
       + (1 - strength) * own``, where ``own`` is each content image's vector
       (of its centre square at 256 px, like a style image's).
-    preserve_colors: keep the content's colours (`color.original_colors`).
-    precision: 'float32' or 'bfloat16'.
-    batch_size: images per compiled call.
+    preserve_colors, precision, batch_size: as for `stylize_builtin`.
   Returns:
     float32 RGB in [0, 1], the shape of ``images``.
   Raises:
