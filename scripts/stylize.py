@@ -92,7 +92,8 @@ def demo_images():
   # The astronaut cropped (centre) to the cat's shape: the sheet's tiles align.
   rows = round(style_source.shape[1] * content.shape[0] / content.shape[1])
   top = (style_source.shape[0] - rows) // 2
-  params, _ = realtime_weights.load_multistyle26()
+  import jax
+  params = jax.device_put(realtime_weights.load_multistyle26()[0])  # once, not per call
   style = realtime.stylize_builtin(params, style_source[top:top + rows], DEMO_STYLE_FROM)
   panels = [(f'real-time, built-in style {k} (one pass)',
              realtime.stylize_builtin(params, content, k)) for k in DEMO_REALTIME_STYLES]
