@@ -234,14 +234,52 @@ def random_directions(key: Array, channels: int, num: int) -> Array:
   return d / jnp.linalg.norm(d, axis=0, keepdims=True)
 
 
+# XLA's CPU sort calls a compiled comparator per comparison, except for a
+# single integer operand, which it sorts natively: 1.57 M float32 in 282 ms
+# (331 ms with the index alongside, as jnp.sort's gradient needs) against
+# 50 ms for the same values as order-preserving int32 keys, or as one int64
+# key that packs (value key, index). The two functions below sort that way;
+# the result is exactly jnp.sort's, and ties are broken by index.
+def _order_key(values: Array) -> Array:
+  """float32 -> int32 whose integer order is the floats' order (-0.0 < +0.0)."""
+  bits = jax.lax.bitcast_convert_type(values.astype(jnp.float32), jnp.int32)
+  return jnp.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def sort_values(values: Array) -> Array:
+  """``jnp.sort(values, axis=-1)`` for float32, through integer keys (no gradient)."""
+  keys = jnp.sort(_order_key(jax.lax.stop_gradient(values)), axis=-1)
+  bits = jnp.where(keys < 0, keys ^ 0x7FFFFFFF, keys)
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def sort_order(values: Array) -> Array:
+  """Stable argsort along the last axis (int32), from one sort of int64 keys.
+
+  Each key is ``(order key of the value) << 32 | index``, so a plain integer
+  sort orders by value and then by index; the low 32 bits are the order.
+  64-bit integers are enabled for these few operations only.
+  """
+  n = values.shape[-1]
+  with jax.enable_x64(True):
+    keys = _order_key(jax.lax.stop_gradient(values)).astype(jnp.int64) << 32
+    keys = jnp.sort(keys | jnp.arange(n, dtype=jnp.int64), axis=-1)
+    return (keys & 0xFFFFFFFF).astype(jnp.int32)
+
+
 def _sorted_projections(pixels: Array, directions: Array,
                         weights: Array | None = None) -> tuple[Array, Array | None]:
-  """Projections [D, N] sorted along N (and the pixel weights in the same order)."""
+  """Projections [D, N] sorted along N (and the pixel weights in the same order).
+
+  The sorted values are a gather of the projections by their order, so the
+  gradient flows back to each pixel's own projection.
+  """
   proj = (pixels @ directions).T
-  if weights is None:
-    return jnp.sort(proj, axis=-1), None
-  w = jnp.broadcast_to(weights.astype(jnp.float32), proj.shape)
-  return jax.lax.sort((proj, w), dimension=-1, num_keys=1)
+  order = sort_order(proj)
+  w = None
+  if weights is not None:
+    w = weights.astype(jnp.float32)[order]
+  return jnp.take_along_axis(proj, order, axis=-1), w
 
 
 def _quantile_positions(sorted_weights: Array) -> Array:
@@ -297,7 +335,10 @@ def _sliced_wasserstein(x: Array, styles: Sequence[Array], blend: Array | None,
   q = None if xw is None else _quantile_positions(xw)
   target = 0.0
   for i, (style, sw) in enumerate(zip(styles, style_weights)):
-    sv, sw = jax.lax.stop_gradient(_sorted_projections(style, directions, sw))
+    if sw is None:  # The style is a constant: its values alone, sorted.
+      sv = sort_values((style @ directions).T)
+    else:
+      sv, sw = jax.lax.stop_gradient(_sorted_projections(style, directions, sw))
     if q is None and sw is None:
       qs = _resample_uniform(sv, n)
     else:

@@ -137,6 +137,27 @@ def test_sliced_wasserstein_blend_and_weights_match_twin():
   _check(ours, ref)
 
 
+def test_integer_key_sorts_equal_numpy_with_ties_signs_and_infinities():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(3, 1001)).astype(np.float32)
+  x[:, ::7] = 0.0  # ReLU features: many exact ties at zero ...
+  x[0, 1::11] = -0.0  # ... both zeros ...
+  x[1, :4] = [np.inf, -np.inf, 1e-38, -1e-38]  # ... extremes and denormal-adjacent values.
+  x[2, 100:200] = 2.5  # A long tie block away from zero.
+  want_order = np.argsort(x, axis=-1, kind='stable')
+  got_order = np.asarray(jax.jit(losses.sort_order)(x))
+  # Stable argsort with -0.0 before +0.0 (numpy treats them as equal).
+  np.testing.assert_array_equal(np.take_along_axis(x, got_order, -1),
+                                np.take_along_axis(x, want_order, -1))
+  zeros = x == 0
+  np.testing.assert_array_equal(got_order[~np.take_along_axis(zeros, got_order, -1)],
+                                want_order[~np.take_along_axis(zeros, want_order, -1)])
+  tie = got_order[2][np.take_along_axis(x, got_order, -1)[2] == 2.5]
+  np.testing.assert_array_equal(tie, np.arange(100, 200))  # A tie block keeps index order.
+  np.testing.assert_array_equal(np.asarray(jax.jit(losses.sort_values)(x)), np.sort(x, -1))
+  assert sorted(got_order[0]) == list(range(1001))
+
+
 def test_sliced_wasserstein_zero_for_same_set_and_permutation():
   rng = np.random.default_rng(2)
   f = rng.normal(size=(8, 8, 32)).astype(np.float32) * 10
