@@ -1,18 +1,25 @@
 """Where Gram fails: palette-defined styles, Gram against sliced Wasserstein, measured.
 
-  python -m benchmarks.where_gram_fails --out=/tmp/wgf          # ~20 min on 2 busy cores
+  python -m benchmarks.where_gram_fails --out=/tmp/wgf          # ~4 min on 2 quiet cores
   python -m benchmarks.where_gram_fails --size=64 --iterations=5 --styles=poster_bauhaus
 
 For each style (two flat-colour posters rendered here, seated-nude, and
 starry_night as the texture control) the content image is stylized at equal
 iterations with the Gram loss and with the sliced Wasserstein loss, from the
-same start (the reference's N(0, 0.001^2) noise), with L-BFGS: ``sw`` is the
-default (C/8 fresh directions per layer each iteration), ``sw_full`` uses one
-direction per channel drawn once and kept (L-BFGS's curvature pairs assume
-one fixed objective). The SW style weight is set so that its style term
-starts equal to Gram's on this problem (the same style/content balance at the
-start); everything else is the default objective. Then, against the style
-image's pixels:
+same start (the reference's N(0, 0.001^2) noise), with L-BFGS:
+
+* ``gram``: the default objective;
+* ``sw``: ``--style_loss=sw`` (C/8 directions per layer, new every 25
+  iterations: the defaults);
+* ``sw_every1``: the same with new directions every iteration
+  (``--sw_redraw=1``), the reason for the default;
+* ``gram+color`` and ``sw+color``: each with the colour term
+  (``--color_weight=1e4``), the sliced Wasserstein loss on the pixels, so
+  ``sw+color`` matches distributions at every level from the pixels up.
+
+The SW style weight is set so that its style term starts equal to Gram's on
+this problem (the same style/content balance at the start); everything else
+is the default objective. Then, against the style image's pixels:
 
 * ``sw_rgb``: sliced Wasserstein distance between the output's and the
   style's pixel colours, sqrt(mean over 256 fixed directions of W2^2), in
@@ -48,6 +55,10 @@ DEFAULTS = {
     'spatial': True,
     'out': 'where_gram_fails',
 }
+COLOR_WEIGHT = 1e4
+VARIANTS = (('gram', ('gram',), {}), ('sw', ('sw',), {}), ('sw_every1', ('sw',), dict(redraw=1)),
+            ('gram+color', ('gram',), dict(color_weight=COLOR_WEIGHT)),
+            ('sw+color', ('sw',), dict(color_weight=COLOR_WEIGHT)))
 
 
 # --- Styles rendered here -----------------------------------------------------
@@ -118,24 +129,28 @@ def hist_tv(a: np.ndarray, b: np.ndarray, bins: int = 8) -> float:
 
 
 def _stylize(ws, content, styles, kinds, iterations, masks=None, sw_scale=None, seed=0,
-             sw_directions=0, redraw=1):
+             sw_directions=0, redraw=None, color_weight=0.0):
   """L-BFGS from noise; returns (RGB output, seconds, initial style loss).
 
-  ``redraw``: new random directions every this many iterations.
+  ``redraw``: new random directions every this many iterations (None: the
+  default, ``losses.SW_REDRAW_EVERY``);
+  ``color_weight`` > 0 adds the colour term (``--color_weight``).
   """
   import jax
   import jax.numpy as jnp
   import optax
   from nst_jax import lbfgs, losses
   prep = ws.preprocessing
-  spec = losses.LossSpec(style_losses=kinds, sw_directions=sw_directions)
+  spec = losses.LossSpec(style_losses=kinds, sw_directions=sw_directions,
+                         color_loss=color_weight > 0,
+                         sw_redraw=redraw or losses.SW_REDRAW_EVERY)
   params = jax.device_put(ws.params)
   c = jnp.asarray(prep.apply(content), jnp.float32)
   s = [jnp.asarray(prep.apply(x), jnp.float32) for x in styles]
   targets = jax.jit(functools.partial(losses.make_targets, spec=spec))(
       params, c, s, jnp.ones(len(s)) / len(s),
       content_masks=None if masks is None else jnp.asarray(masks))
-  lw = losses.default_loss_weights(spec)
+  lw = losses.default_loss_weights(spec, color_weight=color_weight)
   if sw_scale is not None:
     lw['style_losses'] = {k: jnp.float32(sw_scale if k == 'sw' else 1.0) for k in kinds}
   opt = lbfgs.scale_by_torch_lbfgs(100, 1.0)
@@ -146,7 +161,7 @@ def _stylize(ws, content, styles, kinds, iterations, masks=None, sw_scale=None, 
     def body(i, carry):
       x, state = carry
       g = jax.grad(lambda z: loss(z, params, targets, lw,
-                                  key=jax.random.fold_in(jax.random.key(seed), i // redraw))[0])(x)
+                                  key=spec.key_for(jax.random.key(seed), i))[0])(x)
       updates, state = opt.update(g, state, x)
       return optax.apply_updates(x, updates), state
     return jax.lax.fori_loop(0, n, body, (x, opt.init(x)))[0]
@@ -216,8 +231,7 @@ def run(flags: dict) -> dict:
     row = {'sw_scale': scale, 'content': {'sw_rgb': sw_rgb(content, style),
                                           'hist_tv': hist_tv(content, style)}}
     outputs = [style, content]
-    for label, kinds, extra in (('gram', ('gram',), {}), ('sw', ('sw',), {}),
-                                ('sw_full', ('sw',), dict(sw_directions=512, redraw=10**9))):
+    for label, kinds, extra in VARIANTS:
       rgb, secs, _ = _stylize(ws, content, [style], kinds, iters,
                               sw_scale=scale if 'sw' in kinds else None, **extra)
       image_io.save_image(os.path.join(out, f'{name}_{label}.png'), rgb)
@@ -235,8 +249,7 @@ def run(flags: dict) -> dict:
     masks[1] = 1.0 - masks[0]
     spatial = {}
     sheet = [*styles, content]
-    for label, kinds, extra in (('guided_gram', ('gram',), {}),
-                                ('guided_sw', ('sw',), dict(sw_directions=512, redraw=10**9))):
+    for label, kinds, extra in (('guided_gram', ('gram',), {}), ('guided_sw', ('sw',), {})):
       scale = _sw_scale(ws, content, styles, masks) if 'sw' in kinds else None
       rgb, secs, _ = _stylize(ws, content, styles, kinds, iters, masks=masks, sw_scale=scale,
                               **extra)
@@ -257,11 +270,11 @@ def markdown(results: dict) -> str:
   lines = [f'{results["size"]} px, {results["iterations"]} L-BFGS iterations from '
            'noise; colour distance of the output to the style, SW in RGB (0-255) / 3-D '
            'histogram TV (lower is closer).', '',
-           '| style | content | Gram | SW (default) | SW (C dirs, fixed) |',
-           '|---|---|---|---|---|']
+           '| style | content | ' + ' | '.join(label for label, _, _ in VARIANTS) + ' |',
+           '|---' * (len(VARIANTS) + 2) + '|']
   for name, r in results['styles'].items():
     cells = [f'{r[k]["sw_rgb"]:.1f} / {r[k]["hist_tv"]:.3f}'
-             for k in ('content', 'gram', 'sw', 'sw_full')]
+             for k in ('content', *(label for label, _, _ in VARIANTS))]
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   if 'spatial' in results:
     s = results['spatial']

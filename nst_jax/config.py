@@ -143,6 +143,9 @@ class StyleConfig:
   style_loss: str = _field('gram', OBJECTIVE, 'Style statistics to match: gram, sw (sliced '
                            'Wasserstein: the whole feature distribution), mean_std, or a '
                            'weighted mix such as gram:1,sw:0.5.')
+  sw_redraw: int = _field(25, OBJECTIVE, 'Draw new sliced-Wasserstein directions every this '
+                          'many iterations (1: every iteration; L-BFGS prefers a steady '
+                          'objective).')
   color_weight: float = _field(0.0, OBJECTIVE, 'Weight of the colour-distribution term '
                                '(sliced Wasserstein between output and style pixel colours).')
   content_layers: tuple[str, ...] = _field(('relu4_2',), OBJECTIVE, 'VGG19 content layers.')
@@ -203,6 +206,8 @@ class StyleConfig:
     for name in ('content_weight', 'style_weight', 'tv_weight', 'color_weight'):
       _finite_nonneg(name, getattr(self, name))
     parse_style_loss(self.style_loss)
+    if not isinstance(self.sw_redraw, int) or self.sw_redraw < 1:
+      raise ConfigError(f'`sw_redraw` must be an integer >= 1, got {self.sw_redraw!r}')
     for flag, names in (('content_layers', self.content_layers),
                         ('style_layers', self.style_layers)):
       bad = [l for l in names if l not in layers.LAYER_NAMES]

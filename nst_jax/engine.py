@@ -49,7 +49,7 @@ def loss_spec(config: StyleConfig) -> losses.LossSpec:
       compute_dtype=None if config.precision == 'float32' else config.precision,
       remat=config.remat,
       style_losses=tuple(kind for kind, _ in parse_style_loss(config.style_loss)),
-      color_loss=config.color_weight > 0)
+      color_loss=config.color_weight > 0, sw_redraw=config.sw_redraw)
 
 
 def loss_weights(config: StyleConfig, spec: losses.LossSpec) -> dict:
@@ -91,8 +91,10 @@ def make_chunk_fn(spec: losses.LossSpec, optimizer: optax.GradientTransformation
   reuses one program) and returns ``(x, opt_state, last_finite_x, info)``.
   A non-finite evaluation stops the chunk and ``last_finite_x`` is the image
   of the last finite one. When ``spec.needs_key``, the objective gets
-  ``key=jax.random.fold_in(key, iteration)`` with ``iteration`` counted from
-  ``start``. Not jitted: callers jit (and vmap) it.
+  ``key=spec.key_for(key, iteration)`` (new every ``spec.sw_redraw``
+  iterations) with ``iteration`` counted from ``start``, so a resumed or
+  differently chunked run sees the same keys. Not jitted: callers jit (and
+  vmap) it.
 
   With ``for_vmap=True`` the loop's stopping test depends only on the shared
   counter, so under ``jax.vmap`` it is not batched and JAX does not select
@@ -108,7 +110,7 @@ def make_chunk_fn(spec: losses.LossSpec, optimizer: optax.GradientTransformation
     params = vgg.with_backward_kernels(params)
 
     def loss_fn(z, k):
-      extra = {'key': jax.random.fold_in(key, start + k)} if needs_key else {}
+      extra = {'key': spec.key_for(key, start + k)} if needs_key else {}
       return losses.total_loss(z, params, targets, loss_weights, spec=spec, **extra)
 
     def cond(c):

@@ -14,7 +14,8 @@ default scalings follow jcjohnson/neural-style (``neural_style.lua``):
 Beyond the Gram matrix (issue 13; see docs/objectives.md for when each helps):
 
 * ``sliced_wasserstein_loss``: the whole feature distribution, compared in
-  random 1-D projections (Heitz et al. 2021), fresh directions from a PRNG key;
+  random 1-D projections (Heitz et al. 2021), directions from a PRNG key
+  (``LossSpec.key_for``: the run loop's key, new every ``sw_redraw`` iterations);
 * ``mean_std_loss``: per-channel mean and standard deviation (the statistics
   AdaIN matches, Huang & Belongie 2017);
 * ``color_loss``: sliced Wasserstein between pixel colours (the palette);
@@ -63,6 +64,13 @@ Array = jax.Array
 # sorts then cost ~15 sorts of the image's pixel count, which keeps an
 # iteration within 1.3x of Gram (benchmarks/style_losses.py, docs/objectives.md).
 SW_CHANNELS_PER_DIRECTION = 8
+# New random directions every SW_REDRAW_EVERY iterations, not every one:
+# L-BFGS builds its curvature from gradient differences between iterations,
+# which assumes one objective; Heitz et al.'s own code keeps a set of
+# directions for a whole L-BFGS run of 64 evaluations. Redrawing every 25
+# iterations brought the output's colours closer to a poster's than every 1,
+# 5 or never (benchmarks/where_gram_fails.py, docs/objectives.md).
+SW_REDRAW_EVERY = 25
 DEFAULT_COLOR_DIRECTIONS = 4
 # Inside the square root of the per-channel variance: dead ReLU channels have
 # zero variance, where the root's gradient would be infinite (AdaIN's epsilon).
@@ -87,6 +95,8 @@ class LossSpec:
   # their relative weights live in the loss weights.
   style_losses: tuple[str, ...] = ('gram',)
   sw_directions: int = 0      # per layer (at most the channels); 0: channels // 8
+  # The run loop draws new directions every sw_redraw iterations (key_for).
+  sw_redraw: int = SW_REDRAW_EVERY
   color_loss: bool = False    # add the colour-distribution term ('color')
   color_directions: int = 0   # 0: DEFAULT_COLOR_DIRECTIONS
 
@@ -97,6 +107,8 @@ class LossSpec:
                        f'got {self.style_losses!r}')
     if self.sw_directions < 0 or self.color_directions < 0:
       raise ValueError('sw_directions and color_directions must be >= 0 (0: the default)')
+    if self.sw_redraw < 1:
+      raise ValueError(f'sw_redraw must be >= 1, got {self.sw_redraw}')
 
   @property
   def taps(self) -> tuple[str, ...]:
@@ -106,6 +118,10 @@ class LossSpec:
   def needs_key(self) -> bool:
     """Whether ``total_loss`` needs a PRNG key (random projections)."""
     return 'sw' in self.style_losses or self.color_loss
+
+  def key_for(self, key: Array, iteration) -> Array:
+    """The key of ``iteration`` of a run seeded with ``key``: new every ``sw_redraw``."""
+    return jax.random.fold_in(key, iteration // self.sw_redraw)
 
   def directions(self, channels: int) -> int:
     """Number of sliced-Wasserstein directions at a layer with ``channels`` channels."""

@@ -220,6 +220,7 @@ BAD_INPUTS = [
     Bad('negative_content_weight', {'content_weight': '-1'}, ('--content_weight', '>= 0')),
     Bad('nan_style_weight', {'style_weight': 'nan'}, ('--style_weight', 'finite')),
     Bad('inf_tv_weight', {'tv_weight': 'inf'}, ('--tv_weight', 'finite'), existing=True),
+    Bad('sw_redraw_zero', {'sw_redraw': '0'}, ('--sw_redraw', '>= 1')),
     Bad('style_layer_weights_count', {'style_layer_weights': '1,2'},
         ('--style_layer_weights', '2 values', '5 layers')),
     Bad('style_layer_weights_nan', {'style_layer_weights': '1,1,nan,1,1'},

@@ -137,6 +137,16 @@ def test_sliced_wasserstein_blend_and_weights_match_twin():
   _check(ours, ref)
 
 
+def test_redraw_default_is_one_number():
+  from nst_jax.config import StyleConfig
+  assert StyleConfig().sw_redraw == losses.LossSpec().sw_redraw == losses.SW_REDRAW_EVERY
+  spec = losses.LossSpec(sw_redraw=3)
+  keys = [jax.random.key_data(spec.key_for(jax.random.key(0), i)) for i in range(7)]
+  assert [int(np.array_equal(keys[i], keys[i + 1])) for i in range(6)] == [1, 1, 0, 1, 1, 0]
+  with pytest.raises(ValueError, match='sw_redraw'):
+    losses.LossSpec(sw_redraw=0)
+
+
 def test_integer_key_sorts_equal_numpy_with_ties_signs_and_infinities():
   rng = np.random.default_rng(3)
   x = rng.normal(size=(3, 1001)).astype(np.float32)

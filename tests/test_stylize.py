@@ -224,8 +224,10 @@ def test_progress_compiling_steady_rate_and_eta(caffe_weights, content, style):
   assert lines[-1].eta_seconds == 0
 
 
-def test_chunk_loop_passes_a_fresh_key_when_the_spec_asks(caffe_weights, monkeypatch):
-  # The hook for stochastic terms: spec.needs_key -> key=fold_in(seed key, iteration).
+@pytest.mark.parametrize('redraw,iterations', [(1, (5, 6, 7)), (2, (2, 3, 3))])
+def test_chunk_loop_passes_a_fresh_key_when_the_spec_asks(caffe_weights, monkeypatch,
+                                                          redraw, iterations):
+  # The hook for stochastic terms: spec.needs_key -> key=fold_in(seed key, iteration // redraw).
   seen = []
 
   def fake_total_loss(image, params, targets, loss_weights, spec, key):
@@ -236,11 +238,11 @@ def test_chunk_loop_passes_a_fresh_key_when_the_spec_asks(caffe_weights, monkeyp
     needs_key = True
 
   monkeypatch.setattr(losses, 'total_loss', fake_total_loss)
-  chunk = jax.jit(engine.make_chunk_fn(KeySpec(), optax_sgd()))
+  chunk = jax.jit(engine.make_chunk_fn(KeySpec(sw_redraw=redraw), optax_sgd()))
   x = jnp.ones((8, 8, 3))
   key = jax.random.key(7)
   chunk(x, optax_sgd().init(x), {}, caffe_weights.params, {}, key, jnp.int32(5), jnp.int32(3))
-  expected = [np.asarray(jax.random.key_data(jax.random.fold_in(key, i))) for i in (5, 6, 7)]
+  expected = [np.asarray(jax.random.key_data(jax.random.fold_in(key, i))) for i in iterations]
   got = [k for k in seen if k.shape == expected[0].shape]
   assert any(all(np.array_equal(a, b) for a, b in zip(got[j:j + 3], expected))
              for j in range(len(got) - 2)), (got, expected)
