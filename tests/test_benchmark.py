@@ -71,3 +71,16 @@ def test_realtime_gpu_benchmark_runs_small():
       (n, d) for n in ('multistyle26', 'arbitrary_transform') for d in ('float32', 'bfloat16')}
   assert all(r['fps'] > 0 for r in results['rows'])
   assert 'frames/s' in realtime_gpu.markdown(results)
+
+
+def test_whole_process_reads_gnu_time():
+  from benchmarks import whole_process
+  if not Path('/usr/bin/time').exists():
+    pytest.skip('GNU time is not installed')
+  # A child that holds ~200 MB and sleeps 1.2 s: both must show in the report.
+  res = whole_process._timed([sys.executable, '-c',
+                              'import time; b = b"x" * (200 << 20); time.sleep(1.2)'])
+  assert 1.2 <= res['seconds'] < 30
+  assert 0.19 < res['peak_rss_gib'] < 2
+  with pytest.raises(RuntimeError, match='exited 3'):
+    whole_process._timed([sys.executable, '-c', 'raise SystemExit(3)'])
