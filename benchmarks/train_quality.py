@@ -21,6 +21,7 @@ then comes from the same run, saved at iteration 50). Results already in
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -56,17 +57,19 @@ def _scorer(style_rgb, size):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from nst_jax import losses, transfer, weights
-  from nst_jax.config import StyleConfig
+  from nst_jax import engine, losses, transfer, weights
+  from nst_jax.config import StyleConfig, plan
   ws = weights.load()
   config = StyleConfig(image_size=size)
-  params, spec, lw = transfer.objective(config, ws)
-  targets_fn = transfer.compiled_targets(spec)
+  obj = engine.objective(config, ws)
+  params, spec, lw = obj.params, obj.spec, obj.loss_weights
+  targets_fn = jax.jit(functools.partial(losses.make_targets, spec=spec))
   loss = jax.jit(lambda x, t: losses.total_loss(x, params, t, lw, spec))
   prep = ws.preprocessing
 
   def score(content_rgb, out_rgb):
-    content, styles = transfer.prepare_images(content_rgb, [style_rgb], size, config)
+    scale = plan(config, content_rgb.shape[:2], [style_rgb.shape[:2]]).scales[0]
+    content, styles = transfer.prepare_images(content_rgb, [style_rgb], scale, config)
     targets = targets_fn(params, jnp.asarray(prep.apply(content)),
                          [jnp.asarray(prep.apply(s)) for s in styles],
                          jnp.asarray([1.0], jnp.float32))

@@ -118,9 +118,8 @@ def pool2x2(x: jax.Array, pooling: str = 'max') -> jax.Array:
   Written as a reshape and a reduction rather than ``reduce_window``: XLA on
   CPU runs the backward of a max ``reduce_window`` (``select_and_scatter``) on
   one thread, while the reshape form's backward is an ordinary elementwise
-  program. The gradient only differs from PyTorch's when several inputs of a
-  window tie for the maximum at a positive value, which does not happen in
-  practice (ties at zero come from ReLU, whose gradient there is zero anyway).
+  program. Max pooling's gradient goes to the first maximum of each window in
+  row-major order, as PyTorch's and Caffe's do (``_max_pool``).
 
   Args:
     x: [B, H, W, C].
@@ -130,12 +129,51 @@ def pool2x2(x: jax.Array, pooling: str = 'max') -> jax.Array:
   """
   b, h, w, c = x.shape
   h2, w2 = h // 2, w // 2
-  x = x[:, :2 * h2, :2 * w2, :].reshape(b, h2, 2, w2, 2, c)
+  x = x[:, :2 * h2, :2 * w2, :]
   if pooling == 'max':
-    return x.max(axis=(2, 4))
+    return _max_pool(x)
   if pooling == 'avg':
-    return x.mean(axis=(2, 4))
+    return x.reshape(b, h2, 2, w2, 2, c).mean(axis=(2, 4))
   raise ValueError(f'unknown pooling {pooling!r}; use one of {POOLINGS}')
+
+
+def _windows(x: jax.Array) -> jax.Array:
+  """[B, 2 H, 2 W, C] -> [B, H, 2, W, 2, C]: the 2x2 windows."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c)
+
+
+@jax.custom_vjp
+def _max_pool(x: jax.Array) -> jax.Array:
+  return _windows(x).max(axis=(2, 4))
+
+
+def _max_pool_fwd(x):
+  y = _max_pool(x)
+  return y, (x, y)
+
+
+def _max_pool_bwd(res, g):
+  # JAX's own rule for a max reduction splits the gradient over every tied
+  # maximum, which costs a count over each window and a division; routing it
+  # to the first maximum is one comparison chain, and it is PyTorch's rule.
+  x, y = res
+  win = _windows(x)
+  y, g = y[:, :, None, :, None, :], g[:, :, None, :, None, :]
+  hit = win == y
+  first = []
+  taken = jnp.zeros_like(hit[:, :, 0:1, :, 0:1, :])
+  for i in range(2):
+    for j in range(2):
+      h = hit[:, :, i:i + 1, :, j:j + 1, :] & ~taken
+      first.append(h)
+      taken = taken | h
+  mask = jnp.concatenate([jnp.concatenate(first[0:2], axis=4),
+                          jnp.concatenate(first[2:4], axis=4)], axis=2)
+  return (jnp.where(mask, g, jnp.zeros((), g.dtype)).reshape(x.shape),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def features(

@@ -122,3 +122,18 @@ def test_min_input_size():
   assert vgg.min_input_size(['relu5_1']) == 16
   assert vgg.min_input_size(['relu1_1']) == 1
   assert vgg.min_input_size(['pool5']) == 32
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_like_pytorch():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 9, 11, 5)).astype(np.float32)  # odd sizes: floor mode
+  x[0, 0:2, 0:2, 0] = 3.0  # a four-way tie
+  x[1, 2:4, 2:4, 1] = [[1.0, 5.0], [5.0, 5.0]]  # a three-way tie, first at (0, 1)
+  g = rng.normal(size=(2, 4, 5, 5)).astype(np.float32)
+  y, vjp = jax.vjp(vgg.pool2x2, jnp.asarray(x))
+  xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
+  yt = torch.nn.functional.max_pool2d(xt, 2)
+  yt.backward(torch.tensor(g).permute(0, 3, 1, 2))
+  np.testing.assert_array_equal(np.asarray(y), yt.detach().permute(0, 2, 3, 1).numpy())
+  np.testing.assert_array_equal(np.asarray(vjp(jnp.asarray(g))[0]),
+                                xt.grad.permute(0, 2, 3, 1).numpy())
