@@ -17,7 +17,6 @@ gradient (a few elementwise passes) is in every figure and timed on its own.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -210,28 +209,13 @@ def markdown(results: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def main(argv):
-  from absl import flags
-  del argv
-  f = flags.FLAGS
-  results = run({'height': f.height, 'width': f.width, 'histories': [int(h) for h in f.histories],
-                 'iterations': f.iterations, 'repeats': f.repeats, 'bfloat16': f.bfloat16})
-  if f.output_json:
-    with open(f.output_json + '.tmp', 'w') as fh:
-      fh.write(json.dumps(results, indent=1) + '\n')
-    import os
-    os.replace(f.output_json + '.tmp', f.output_json)
-  print(markdown(results))
-
-
 if __name__ == '__main__':
-  from absl import app
-  from absl import flags as absl_flags
-  absl_flags.DEFINE_integer('height', DEFAULTS['height'], 'Image height, pixels.')
-  absl_flags.DEFINE_integer('width', DEFAULTS['width'], 'Image width, pixels.')
-  absl_flags.DEFINE_list('histories', DEFAULTS['histories'], 'History sizes to time.')
-  absl_flags.DEFINE_integer('iterations', DEFAULTS['iterations'], 'Updates per timed loop.')
-  absl_flags.DEFINE_integer('repeats', DEFAULTS['repeats'], 'Timed loops (median reported).')
-  absl_flags.DEFINE_bool('bfloat16', DEFAULTS['bfloat16'], 'Also time a bfloat16 history.')
-  absl_flags.DEFINE_string('output_json', None, 'Write the results here as JSON.')
-  app.run(main)
+  from benchmarks import cli
+  cli.main(DEFAULTS, run, markdown, {
+      'height': 'Image height, pixels.',
+      'width': 'Image width, pixels.',
+      'histories': 'History sizes to time.',
+      'iterations': 'Updates per timed loop.',
+      'repeats': 'Timed loops (median reported).',
+      'bfloat16': 'Also time a bfloat16 history.',
+  }, json_flag='output_json')

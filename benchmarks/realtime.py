@@ -342,37 +342,16 @@ def markdown(results: dict) -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
-  from absl import flags
-  del argv
-  f = flags.FLAGS
-  results = run({'sizes': [int(s) for s in f.sizes],
-                 'arbitrary_sizes': [int(s) for s in f.arbitrary_sizes],
-                 'predictor': f.predictor, 'calls': f.calls, 'plain': f.plain, 'batch': f.batch,
-                 'first_call': f.first_call, 'large': f.large,
-                 'keep_freed_memory': f.keep_freed_memory})
-  if f.output_json:
-    tmp = f.output_json + '.tmp'
-    with open(tmp, 'w') as fh:
-      fh.write(json.dumps(results, indent=1) + '\n')
-    os.replace(tmp, f.output_json)
-  print(markdown(results))
-
-
 if __name__ == '__main__':
-  from absl import app
-  from absl import flags as absl_flags
-  absl_flags.DEFINE_list('sizes', DEFAULTS['sizes'], 'multistyle26 image sides; empty: skip.')
-  absl_flags.DEFINE_list('arbitrary_sizes', DEFAULTS['arbitrary_sizes'],
-                         'Arbitrary transformer image sides; empty: skip.')
-  absl_flags.DEFINE_bool('predictor', DEFAULTS['predictor'], 'Time the style predictor (256x256).')
-  absl_flags.DEFINE_integer('calls', DEFAULTS['calls'], 'Timed calls per side (median).')
-  absl_flags.DEFINE_bool('plain', DEFAULTS['plain'], "Also time nst_jax without small_conv's plan.")
-  absl_flags.DEFINE_integer('batch', DEFAULTS['batch'], 'Frames in the batch test; 0: skip.')
-  absl_flags.DEFINE_bool('first_call', DEFAULTS['first_call'], 'Time the first call at a new size.')
-  absl_flags.DEFINE_bool('large', DEFAULTS['large'], 'Run the 4096x3072 photo.')
-  absl_flags.DEFINE_bool('keep_freed_memory', DEFAULTS['keep_freed_memory'],
-                         'nst_jax.host_memory.keep_freed_memory() first, as the scripts do.')
-  absl_flags.DEFINE_string('output_json', 'benchmarks/realtime_cpu_2core.json',
-                           'Write the results here as JSON; empty: do not.')
-  app.run(main)
+  from benchmarks import cli
+  cli.main(DEFAULTS, run, markdown, {
+      'sizes': 'multistyle26 image sides; empty: skip.',
+      'arbitrary_sizes': 'Arbitrary transformer image sides; empty: skip.',
+      'predictor': 'Time the style predictor (256x256).',
+      'calls': 'Timed calls per side (median).',
+      'plain': "Also time nst_jax without small_conv's plan.",
+      'batch': 'Frames in the batch test; 0: skip.',
+      'first_call': 'Time the first call at a new size.',
+      'large': 'Run the 4096x3072 photo.',
+      'keep_freed_memory': 'nst_jax.host_memory.keep_freed_memory() first, as the scripts do.',
+  }, json_flag='output_json', json_default='benchmarks/realtime_cpu_2core.json')

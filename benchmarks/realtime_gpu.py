@@ -14,12 +14,10 @@ Writes the device's name beside every figure.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 
-DEFAULTS = {'height': 1080, 'width': 1920, 'frames': 8, 'calls': 10,
-            'output_json': 'realtime_gpu.json'}
+DEFAULTS = {'height': 1080, 'width': 1920, 'frames': 8, 'calls': 10}
 
 
 def _fps(function, args, frames: int, calls: int) -> float:
@@ -74,22 +72,11 @@ def markdown(results: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def main(argv):
-  del argv
-  from absl import flags as absl_flags
-  values = {name: absl_flags.FLAGS[name].value for name in DEFAULTS}
-  results = run(values)
-  with open(values['output_json'], 'w') as fh:
-    json.dump(results, fh, indent=2)
-  print(markdown(results))
-
-
 if __name__ == '__main__':
-  from absl import app
-  from absl import flags as absl_flags
-  absl_flags.DEFINE_integer('height', DEFAULTS['height'], 'Frame height, px.')
-  absl_flags.DEFINE_integer('width', DEFAULTS['width'], 'Frame width, px.')
-  absl_flags.DEFINE_integer('frames', DEFAULTS['frames'], 'Frames per compiled call.')
-  absl_flags.DEFINE_integer('calls', DEFAULTS['calls'], 'Timed calls (median).')
-  absl_flags.DEFINE_string('output_json', DEFAULTS['output_json'], 'Where to write the JSON.')
-  app.run(main)
+  from benchmarks import cli
+  cli.main(DEFAULTS, run, markdown, {
+      'height': 'Frame height, px.',
+      'width': 'Frame width, px.',
+      'frames': 'Frames per compiled call.',
+      'calls': 'Timed calls (median).',
+  }, json_flag='output_json', json_default='realtime_gpu.json')

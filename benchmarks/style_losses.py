@@ -14,7 +14,6 @@ alike) and the median is reported. The ratio to Gram is the figure to read.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import statistics
 import time
@@ -125,27 +124,13 @@ def markdown(results: dict) -> str:
 
 
 if __name__ == '__main__':
-  from absl import app
-  from absl import flags as absl_flags
-  absl_flags.DEFINE_integer('size', DEFAULTS['size'], 'Longest side, px.')
-  absl_flags.DEFINE_string('content', DEFAULTS['content'], 'Content image (default tubingen).')
-  absl_flags.DEFINE_string('style', DEFAULTS['style'], 'Style image (default starry_night).')
-  absl_flags.DEFINE_list('variants', DEFAULTS['variants'],
-                         'Style losses to time: kinds joined with +, e.g. gram+sw, sw+color.')
-  absl_flags.DEFINE_list('directions', DEFAULTS['directions'],
-                         'Sliced-Wasserstein directions per layer to try (0: the default, '
-                         'channels / 8).')
-  absl_flags.DEFINE_integer('steps', DEFAULTS['steps'], 'Iterations per compiled call.')
-  absl_flags.DEFINE_integer('repeats', DEFAULTS['repeats'], 'Timed calls per variant.')
-  absl_flags.DEFINE_string('json', None, 'Also write the results here.')
-
-  def main(argv):
-    del argv
-    F = absl_flags.FLAGS
-    results = run({k: F[k].value for k in DEFAULTS})
-    print(markdown(results))
-    if F.json:
-      with open(F.json, 'w') as fh:
-        json.dump(results, fh, indent=1)
-
-  app.run(main)
+  from benchmarks import cli
+  cli.main(DEFAULTS, run, markdown, {
+      'size': 'Longest side, px.',
+      'content': 'Content image (default tubingen).',
+      'style': 'Style image (default starry_night).',
+      'variants': 'Style losses to time: kinds joined with +, e.g. gram+sw, sw+color.',
+      'directions': 'Sliced-Wasserstein directions per layer to try (0: the default, channels / 8).',
+      'steps': 'Iterations per compiled call.',
+      'repeats': 'Timed calls per variant.',
+  })

@@ -286,19 +286,12 @@ def markdown(results: dict) -> str:
 
 
 if __name__ == '__main__':
-  from absl import app
-  from absl import flags as absl_flags
-  absl_flags.DEFINE_integer('size', DEFAULTS['size'], 'Longest side, px.')
-  absl_flags.DEFINE_integer('iterations', DEFAULTS['iterations'], 'L-BFGS iterations per run.')
-  absl_flags.DEFINE_string('content', DEFAULTS['content'], 'Content image.')
-  absl_flags.DEFINE_list('styles', DEFAULTS['styles'], 'poster_bauhaus, poster_sunset, or '
-                         'names of ../shared/data/images/*.jpg.')
-  absl_flags.DEFINE_bool('spatial', DEFAULTS['spatial'], 'Also the two-mask experiment.')
-  absl_flags.DEFINE_string('out', DEFAULTS['out'], 'Output folder.')
-
-  def main(argv):
-    del argv
-    F = absl_flags.FLAGS
-    print(markdown(run({k: F[k].value for k in DEFAULTS})))
-
-  app.run(main)
+  from benchmarks import cli
+  cli.main(DEFAULTS, run, markdown, {
+      'size': 'Longest side, px.',
+      'iterations': 'L-BFGS iterations per run.',
+      'content': 'Content image.',
+      'styles': 'poster_bauhaus, poster_sunset, or names of ../shared/data/images/*.jpg.',
+      'spatial': 'Also the two-mask experiment.',
+      'out': 'Output folder.',
+  })

