@@ -136,6 +136,27 @@ def help_text(examples: str, groups: Mapping[str, Sequence[str]]) -> str:
   return '\n'.join(lines + ['Every flag, absl\'s included: --helpfull.'])
 
 
+def grouped_help(doc: str, groups: Sequence[tuple[str, Sequence[str]]], footer: str) -> str:
+  """``--help`` of a script that defines its own absl flags: ``doc``, then the flags by group.
+
+  A default is shown as it would be typed (a list comma-separated) unless
+  the flag is unset by default (None, False or an empty list). ``footer``
+  ends the text.
+  """
+  lines = [doc.strip(), '', 'Flags:']
+  for title, names in groups:
+    lines += ['', f'  {title}:']
+    for name in names:
+      flag = FLAGS[name]
+      value = (','.join(map(str, flag.default)) if isinstance(flag.default, list)
+               else flag.default)
+      default = '' if flag.default in (None, False, []) else f' (default: {value})'
+      lines.append(textwrap.fill(f'--{name}: {flag.help}{default}', width=100,
+                                 initial_indent='    ', subsequent_indent='        '))
+  lines += ['', footer]
+  return '\n'.join(lines)
+
+
 def run(main: Callable[[list[str]], int], examples: str,
         groups: Mapping[str, Sequence[str]]) -> None:
   """``app.run(main)`` with a grouped ``--help``, one-line warnings and quiet logging."""

@@ -14,7 +14,6 @@ and no file is written. Images are written atomically.
 
 import os
 import sys
-import textwrap
 import time
 
 from absl import app
@@ -60,21 +59,7 @@ HELP_GROUPS = (
 )
 
 
-def _help_text() -> str:
-  lines = [__doc__.strip(), '', 'Flags:']
-  for title, names in HELP_GROUPS:
-    lines += ['', f'  {title}:']
-    for name in names:
-      flag = FLAGS[name]
-      default = '' if flag.default in (None, []) else f' (default: {flag.default_as_str})'
-      lines.append(textwrap.fill(f'--{name}: {flag.help}{default}', width=100,
-                                 initial_indent='    ', subsequent_indent='        '))
-  lines += ['', 'Also --helpfull for every absl flag.']
-  return '\n'.join(lines)
-
-
-def say(message: str) -> None:
-  print(f'nst_jax: {message}', file=sys.stderr, flush=True)
+say = cli_support.say
 
 
 def _inputs():
@@ -157,4 +142,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli_support.flags_parser(_help_text))
+  app.run(main, flags_parser=cli_support.flags_parser(lambda: cli_support.grouped_help(
+      __doc__, HELP_GROUPS, 'Also --helpfull for every absl flag.')))

@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import sys
-import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -86,19 +85,6 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '
 # nst_jax.realtime names arguments in backticks; the user needs the flag that set it.
 _ARGUMENT_FLAGS = {'strength': 'strength', 'style': 'style', 'blend_weights':
                    'style_blend_weights', 'batch_size': 'batch_size', 'precision': 'precision'}
-
-
-def _help_text() -> str:
-  lines = [__doc__.strip(), '', 'Flags:']
-  for title, names in HELP_GROUPS:
-    lines += ['', f'  {title}:']
-    for name in names:
-      flag = FLAGS[name]
-      default = '' if flag.default in (None, False, []) else f' (default: {flag.value!s})'
-      lines.append(textwrap.fill(f'--{name}: {flag.help}{default}', width=100,
-                                 initial_indent='    ', subsequent_indent='        '))
-  lines += ['', 'Also --verbosity=1 for debug logs, --helpfull for every absl flag.']
-  return '\n'.join(lines)
 
 
 def _as_flag_error(error: Exception) -> config_lib.ConfigError:
@@ -477,4 +463,6 @@ if __name__ == '__main__':
   logging.getLogger('jax').setLevel(logging.WARNING)
   _plain_library_messages()
   warnings.filterwarnings('ignore', message='.*os.fork.*')
-  app.run(main, flags_parser=cli_support.flags_parser(_help_text))
+  app.run(main, flags_parser=cli_support.flags_parser(lambda: cli_support.grouped_help(
+      __doc__, HELP_GROUPS,
+      'Also --verbosity=1 for debug logs, --helpfull for every absl flag.')))
