@@ -76,29 +76,29 @@ def run_jax(args: dict) -> dict:
   t0 = time.perf_counter()
   compiled = chunk.lower(x, opt_state, targets, params, lw, key, start, k).compile()
   compile_s = time.perf_counter() - t0
-  # Warm-up chunk (first execution), then timed chunks.
-  x, opt_state, _, info = compiled(x, opt_state, targets, params, lw, key, start, k)
-  jax.block_until_ready(x)
-  times = []
-  for _ in range(args['repeats']):
-    t0 = time.perf_counter()
-    x, opt_state, _, info = compiled(x, opt_state, targets, params, lw, key, start, k)
+  def run_chunk(n=k):
+    nonlocal x, opt_state
+    x, opt_state, _, _ = compiled(x, opt_state, targets, params, lw, key, start, n)
     jax.block_until_ready(x)
-    times.append((time.perf_counter() - t0) / args['chunk'])
+
+  def timed_chunks() -> list[float]:
+    """Seconds per iteration of ``args['repeats']`` chunks."""
+    times = []
+    for _ in range(args['repeats']):
+      t0 = time.perf_counter()
+      run_chunk()
+      times.append((time.perf_counter() - t0) / args['chunk'])
+    return times
+
+  run_chunk()  # Warm-up chunk (first execution), then timed chunks.
+  times = timed_chunks()
   final = float(loss_fn(x, params, targets, lw)[0])
   steady = {}
   if args.get('steady_warmup'):
     # A real run spends most iterations with a full L-BFGS history: fill it
     # (untimed), then time as above.
-    x, opt_state, _, info = compiled(x, opt_state, targets, params, lw, key, start,
-                                     jnp.int32(args['steady_warmup']))
-    jax.block_until_ready(x)
-    steady_times = []
-    for _ in range(args['repeats']):
-      t0 = time.perf_counter()
-      x, opt_state, _, info = compiled(x, opt_state, targets, params, lw, key, start, k)
-      jax.block_until_ready(x)
-      steady_times.append((time.perf_counter() - t0) / args['chunk'])
+    run_chunk(jnp.int32(args['steady_warmup']))
+    steady_times = timed_chunks()
     steady = {'steady_iter_s': statistics.median(steady_times),
               'steady_iter_s_all': steady_times,
               'steady_pairs': int(getattr(opt_state, 'num_pairs', -1)),
