@@ -37,18 +37,24 @@ On CPU, therefore, the same arithmetic is rearranged:
   instead of XLA's grouped convolution (7x faster for the whole predictor).
 
 Every rewrite equals ``lax.conv_general_dilated`` on the padded input up to
-float32 rounding (``tests/test_small_conv.py``). The rewrites are for
-evaluation: under differentiation (training) each op computes the plain
-formulation's value and gradient. Strips are per layer and instance-norm
-statistics are over the whole image, so there are no seams. On GPU and TPU (``jax.default_backend() != 'cpu'``)
-XLA's own convolution is good at these shapes, and the plain formulation is
+float32 rounding (``tests/test_small_conv.py``), and so does its gradient:
+``strip_conv`` has its own VJP, with strips as well (the kernel gradient as
+an im2col matmul per strip, the input gradient as a strip convolution with
+the flipped kernel), because differentiating the strips directly made a
+training step ~14x slower. The rest (blocks, sub-pixel upsampling, the fused
+instance norm) differentiates as written. Strips are per layer and
+instance-norm statistics are over the whole image, so there are no seams.
+On GPU and TPU (``jax.default_backend() != 'cpu'``) XLA's own convolution is
+good at these shapes, and the plain formulation is
 used; ``settings`` overrides the choice for tests and benchmarks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -120,33 +126,6 @@ def valid_conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
       dimension_numbers=_DIMENSIONS)
 
 
-def _plain_gradient(fast, plain, *static):
-  """``fast(*args, *static)``, but ``plain(*args, *static)`` under differentiation.
-
-  The strips (``lax.map`` with gathered windows) differentiate badly: each
-  strip's transpose adds into a whole-image cotangent, which made a training
-  step ~14x slower. When the function is differentiated, its value and VJP
-  are therefore the plain formulation's (XLA's convolution and its
-  transposes); only evaluation without a gradient is rearranged. Training
-  thus computes exactly what it computed before the rewrites (a training
-  test compares gradients with float64 PyTorch, and the rearranged forward's
-  float32 rounding, amplified by cancellation in a gamma gradient, went past
-  its bound).
-  """
-  @jax.custom_vjp
-  def f(*args):
-    return fast(*args, *static)
-
-  def forward(*args):
-    return plain(*args, *static), args
-
-  def backward(args, cotangent):
-    return jax.vjp(lambda *a: plain(*a, *static), *args)[1](cotangent)
-
-  f.defvjp(forward, backward)
-  return f
-
-
 def conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
   """Reflect pad of k // 2, then a VALID convolution without bias.
 
@@ -164,7 +143,7 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
   kernel = kernel.astype(x.dtype)
   if not use_fast_path():
     return _plain_conv(x, kernel, stride)
-  return _plain_gradient(_fast_conv, _plain_conv, stride)(x, kernel)
+  return _fast_conv(x, kernel, stride)
 
 
 def _plain_conv(x, kernel, stride):
@@ -194,11 +173,7 @@ def upsample_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   kernel = kernel.astype(x.dtype)
   if not use_fast_path() or kernel.shape[0] != 3 or min(x.shape[1:3]) < 2:
     return conv(upsample2x(x), kernel)
-  return _plain_gradient(_fast_upsample_conv, _plain_upsample_conv)(x, kernel)
-
-
-def _plain_upsample_conv(x, kernel):
-  return _plain_conv(upsample2x(x), kernel, 1)
+  return _fast_upsample_conv(x, kernel)
 
 
 def _fast_upsample_conv(x, kernel):
@@ -284,6 +259,10 @@ def strip_conv(x: jax.Array, kernel: jax.Array, stride: int = 1, *,
   repeated rows and columns), so the padded image is never laid out and the
   result is exactly the convolution of the whole padded image (no seams).
 
+  The gradient is computed with strips too (a custom VJP, see
+  ``_strip_conv_backward``): differentiating the strips directly would make
+  every strip's gathered window add into a whole-image cotangent.
+
   Args:
     x: [B, H, W, Cin].
     kernel: [kh, kw, Cin, Cout] (HWIO).
@@ -299,39 +278,167 @@ def strip_conv(x: jax.Array, kernel: jax.Array, stride: int = 1, *,
     [B, (H + top + bottom - kh) // stride + 1, (W + left + right - kw) // stride + 1,
     Cout].
   """
+  if mode not in ('reflect', 'edge'):
+    raise ValueError(f"mode must be 'reflect' or 'edge', got {mode!r}")
   x = jnp.asarray(x)
   kernel = kernel.astype(x.dtype)
-  b, h, w, cin = x.shape
-  kh, kw = kernel.shape[:2]
+  b, _, _, cin = x.shape
+  terms = ()
+  if relu_of is not None:
+    terms = tuple(jnp.broadcast_to(t, (b, cin)).astype(x.dtype) for t in relu_of)
+  pixels = _SETTINGS['strip_pixels'] if strip_pixels is None else strip_pixels
   (top, bottom), (left, right) = pad
+  plan = _Strips(stride, ((top, bottom), (left, right)), mode, pixels)
+  return _strip_conv(plan, x, kernel, *terms)
+
+
+class _Strips(NamedTuple):
+  """The static part of a strip convolution: how it pads and cuts."""
+  stride: int
+  pad: tuple[tuple[int, int], tuple[int, int]]
+  mode: str
+  pixels: int
+
+
+class _Layout(NamedTuple):
+  """Where each strip reads: ``num`` strips of ``rows`` output rows per image."""
+  out_h: int
+  out_w: int
+  rows: int
+  num: int
+  row_index: np.ndarray  # [num, in_rows]: source row of each padded window row
+  col_index: np.ndarray | None  # [W + left + right] or None without column padding
+
+
+def _layout(plan: _Strips, h: int, w: int, kh: int, kw: int) -> _Layout:
+  (top, bottom), (left, right) = plan.pad
+  stride = plan.stride
   out_h = (h + top + bottom - kh) // stride + 1
   out_w = (w + left + right - kw) // stride + 1
-  target = _SETTINGS['strip_pixels'] if strip_pixels is None else strip_pixels
-  rows = max(1, min(out_h, target // max(out_w, 1)))
+  rows = max(1, min(out_h, plan.pixels // max(out_w, 1)))
   num = -(-out_h // rows)
   rows = -(-out_h // num)  # the same number of strips, as even as they go
   in_rows = stride * (rows - 1) + kh
-  row_index = jnp.asarray(np.stack([
-      _source_index(h, top - strip * rows * stride, in_rows, mode) for strip in range(num)]))
-  col_index = _source_index(w, left, w + left + right, mode)
-  if relu_of is not None:
-    subtract, multiply, add = (jnp.broadcast_to(t, (b, cin)).astype(x.dtype) for t in relu_of)
+  row_index = np.stack([_source_index(h, top - strip * rows * stride, in_rows, plan.mode)
+                        for strip in range(num)])
+  col_index = _source_index(w, left, w + left + right, plan.mode) if left or right else None
+  return _Layout(out_h, out_w, rows, num, row_index, col_index)
+
+
+def _activation(x, subtract, multiply, add):
+  """``relu_of`` applied to the whole of ``x`` [B, H, W, C]; the terms are [B, C]."""
+  return jax.nn.relu((x - subtract[:, None, None]) * multiply[:, None, None]
+                     + add[:, None, None])
+
+
+def _window(x, layout, image, strip, terms):
+  """The padded input rows of one strip: [in_rows, W + left + right, Cin]."""
+  window = x[image, jnp.asarray(layout.row_index)[strip]]
+  if layout.col_index is not None:
+    window = window[:, layout.col_index]
+  if terms:
+    subtract, multiply, add = terms
+    window = jax.nn.relu((window - subtract[image]) * multiply[image] + add[image])
+  return window
+
+
+def _map_strips(fn, count, *xs):
+  """``lax.map`` of ``fn`` over strip indices 0..count - 1 (and ``xs``), a call if one."""
+  index = jnp.arange(count)
+  if count == 1:
+    return jax.tree.map(lambda y: y[None], fn(index[0], *(t[0] for t in xs)))
+  return jax.lax.map(lambda args: fn(*args), (index, *xs))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _strip_conv(plan, x, kernel, *terms):
+  b, h, w, _ = x.shape
+  layout = _layout(plan, h, w, *kernel.shape[:2])
 
   def one_strip(index):
-    image, strip = index // num, index % num
-    window = x[image, row_index[strip]]  # [in_rows, W, Cin]
-    if left or right:
-      window = window[:, col_index]
-    if relu_of is not None:
-      window = jax.nn.relu((window - subtract[image]) * multiply[image] + add[image])
-    return valid_conv(window[None], kernel, stride)[0]
+    window = _window(x, layout, index // layout.num, index % layout.num, terms)
+    return valid_conv(window[None], kernel, plan.stride)[0]
 
-  if b * num == 1:
-    y = one_strip(0)[None]
+  y = _map_strips(one_strip, b * layout.num)  # [B * num, rows, out_w, Cout]
+  y = y.reshape(b, layout.num * layout.rows, layout.out_w, y.shape[-1])
+  return y[:, :layout.out_h]
+
+
+def _strip_conv_forward(plan, x, kernel, *terms):
+  return _strip_conv(plan, x, kernel, *terms), (x, kernel, terms)
+
+
+def _strip_conv_backward(plan, residuals, dy):
+  """The VJP of ``_strip_conv``, with strips.
+
+  * Kernel: each strip's padded window is cut into its kh * kw shifted
+    (strided) views, side by side along channels (im2col, [strip pixels,
+    kh kw Cin]), and contracted with the strip's output gradient; the
+    strips' [kh kw Cin, Cout] products are summed.
+  * Input, stride 1: the gradient of the padded input is the "full"
+    correlation of the output gradient with the flipped kernel, itself a
+    strip convolution (of the zero-padded output gradient); the padding is
+    then folded back onto the rows and columns it was copied from (the
+    transpose of ``jnp.pad``). Stride 2 (one small layer per network) uses
+    XLA's transpose of the plain convolution.
+  * ``relu_of``: the activation is computed whole, and its terms get their
+    gradients by ordinary autodiff.
+  """
+  x, kernel, terms = residuals
+  if terms:
+    a, activation_vjp = jax.vjp(_activation, x, *terms)
   else:
-    y = jax.lax.map(one_strip, jnp.arange(b * num))  # [B * num, rows, out_w, Cout]
-  y = y.reshape(b, num * rows, out_w, y.shape[-1])
-  return y[:, :out_h]
+    a = x
+  da = _input_gradient(plan, dy, kernel, a.shape)
+  dk = _kernel_gradient(plan, a, dy, kernel.shape)
+  if terms:
+    dx, *dterms = activation_vjp(da)
+    return (dx, dk, *dterms)
+  return da, dk
+
+
+_strip_conv.defvjp(_strip_conv_forward, _strip_conv_backward)
+
+
+def _kernel_gradient(plan, a, dy, kernel_shape):
+  kh, kw, cin, cout = kernel_shape
+  b, h, w, _ = a.shape
+  layout = _layout(plan, h, w, kh, kw)
+  rows, num, out_w, s = layout.rows, layout.num, layout.out_w, plan.stride
+  # Output rows rounded up to whole strips are zero: they contribute nothing.
+  dy = jnp.pad(dy, ((0, 0), (0, num * rows - layout.out_h), (0, 0), (0, 0)))
+  dy = dy.reshape(b * num, rows * out_w, cout)
+
+  def one_strip(index, dy_strip):
+    window = _window(a, layout, index // num, index % num, ())
+    views = [window[i:i + s * (rows - 1) + 1:s, j:j + s * (out_w - 1) + 1:s]
+             for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(views, axis=-1).reshape(rows * out_w, kh * kw * cin)
+    return jax.lax.dot_general(patches, dy_strip, (((0,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+
+  dk = jnp.sum(_map_strips(one_strip, b * num, dy), axis=0)
+  return dk.reshape(kernel_shape).astype(a.dtype)
+
+
+def _input_gradient(plan, dy, kernel, shape):
+  (top, bottom), (left, right) = plan.pad
+  padding = ((0, 0), (top, bottom), (left, right), (0, 0))
+
+  def pad(a):
+    return jnp.pad(a, padding, mode=plan.mode) if top or bottom or left or right else a
+
+  kh, kw = kernel.shape[:2]
+  b, h, w, cin = shape
+  if plan.stride != 1:
+    plain = lambda a: valid_conv(pad(a), kernel, plan.stride)
+    return jax.linear_transpose(plain, jax.ShapeDtypeStruct(shape, dy.dtype))(dy)[0]
+  flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+  dy = jnp.pad(dy, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+  dpadded = strip_conv(dy, flipped, 1, strip_pixels=plan.pixels)
+  # Rows of the padded input past h + top + bottom (none at stride 1) are not read.
+  dpadded = dpadded[:, :h + top + bottom, :w + left + right]
+  return jax.linear_transpose(pad, jax.ShapeDtypeStruct(shape, dy.dtype))(dpadded)[0]
 
 
 def space_to_depth(x: jax.Array, f: int) -> jax.Array:
@@ -433,7 +540,7 @@ def conv_to_blocks(x: jax.Array, kernel: jax.Array) -> jax.Array:
   kernel = kernel.astype(x.dtype)
   if not use_fast_path():
     return _plain_conv_to_blocks(x, kernel)
-  return _plain_gradient(_fast_conv_to_blocks, _plain_conv_to_blocks)(x, kernel)
+  return _fast_conv_to_blocks(x, kernel)
 
 
 def _plain_conv_to_blocks(x, kernel):
@@ -485,8 +592,7 @@ def strided_conv_from_blocks(blocks: jax.Array, kernel: jax.Array, *,
                   for t in relu_of)
   if not use_fast_path():
     return _plain_strided_conv_from_blocks(blocks, kernel, *terms)
-  return _plain_gradient(_fast_strided_conv_from_blocks,
-                         _plain_strided_conv_from_blocks)(blocks, kernel, *terms)
+  return _fast_strided_conv_from_blocks(blocks, kernel, *terms)
 
 
 def _plain_strided_conv_from_blocks(blocks, kernel, *terms):

@@ -102,6 +102,22 @@ def test_blocks_round_trip_through_the_strided_conv(shape, fast):
   assert _rel_err(got, want) <= TOL
 
 
+@pytest.mark.parametrize('shape', CONV_SHAPES, ids=str)
+def test_conv_gradients_equal_plain_gradients(shape):
+  # The strips have their own VJP (im2col for the kernel, the flipped-kernel
+  # strip convolution for the input): compare both with the plain conv's.
+  b, h, w, k, cin, cout, stride = shape
+  rng = np.random.default_rng(1)
+  x, kernel = _random(rng, b, h, w, cin), _random(rng, k, k, cin, cout)
+  cotangent = _random(rng, *_reference(x, kernel, stride).shape)
+  with small_conv.settings(fast=True, strip_pixels=24):
+    got = jax.vjp(lambda a, f: small_conv.conv(a, f, stride), x, kernel)[1](cotangent)
+  want = jax.vjp(lambda a, f: _reference(a, f, stride), x, kernel)[1](cotangent)
+  for g, r in zip(got, want):
+    assert g.shape == r.shape
+    assert _rel_err(g, r) <= TOL
+
+
 def test_conv_to_blocks_names_odd_sizes():
   with pytest.raises(ValueError, match='even height and width'):
     small_conv.conv_to_blocks(jnp.zeros((1, 9, 8, 3)), jnp.zeros((9, 9, 3, 8)))
@@ -123,8 +139,9 @@ def test_network_in_small_strips_equals_the_plain_network():
 
 
 def test_network_gradient_equals_the_plain_network_gradient():
-  # Training (issue 12) differentiates cin_net.apply: under differentiation
-  # the plan computes the plain formulation (small_conv._plain_gradient).
+  # Training (issue 12) differentiates cin_net.apply through the plan: the
+  # strips' own VJP, the blocks, the sub-pixel upsampling and the fused
+  # instance norm + ReLU of relu_of, against XLA's gradient of the plain net.
   params = cin_net.init_params(jax.random.key(1), num_styles=2, width=8)
   images = np.random.default_rng(4).uniform(size=(1, 16, 12, 3)).astype(np.float32)
   weights = np.array([[0.5, 0.5]], np.float32)
