@@ -183,6 +183,10 @@ class StyleConfig:
                           '(GPU/TPU).', choices=PRECISIONS)
   remat: bool = _field(False, RUN_CONTROL, 'Recompute activations in the backward pass '
                        '(less memory, more time).')
+  band_rows: int = _field(0, RUN_CONTROL, 'Evaluate VGG19 in bands of this many image rows '
+                          '(a multiple of 16; 0: the whole image at once): the same result '
+                          'in a fraction of the memory, for very large images (Gram '
+                          'objective only).')
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -238,6 +242,13 @@ class StyleConfig:
     if self.learning_rate is not None:
       if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
         raise ConfigError(f'`learning_rate` must be a finite number > 0, got {self.learning_rate!r}')
+    if not isinstance(self.band_rows, int) or self.band_rows < 0 or self.band_rows % 16:
+      raise ConfigError(f'`band_rows` must be 0 or a positive multiple of 16, '
+                        f'got {self.band_rows!r}')
+    if self.band_rows and ([k for k, _ in parse_style_loss(self.style_loss)] != ['gram']
+                           or self.color_weight > 0 or self.normalize_gradients):
+      raise ConfigError('`band_rows` supports the Gram objective only: not with `style_loss` '
+                        'other than gram, `color_weight` > 0 or `normalize_gradients`')
     if not isinstance(self.lbfgs_history, int) or self.lbfgs_history < 1:
       raise ConfigError(f'`lbfgs_history` must be an integer >= 1, got {self.lbfgs_history!r}')
     if not self.num_iterations or any(n < 0 for n in self.num_iterations):

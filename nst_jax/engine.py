@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nst_jax import bands
 from nst_jax import losses
 from nst_jax import optimizers
 from nst_jax import vgg
@@ -49,7 +50,8 @@ def loss_spec(config: StyleConfig) -> losses.LossSpec:
       compute_dtype=None if config.precision == 'float32' else config.precision,
       remat=config.remat,
       style_losses=tuple(kind for kind, _ in parse_style_loss(config.style_loss)),
-      color_loss=config.color_weight > 0, sw_redraw=config.sw_redraw)
+      color_loss=config.color_weight > 0, sw_redraw=config.sw_redraw,
+      band_rows=config.band_rows)
 
 
 def loss_weights(config: StyleConfig, spec: losses.LossSpec) -> dict:
@@ -111,7 +113,11 @@ def make_chunk_fn(spec: losses.LossSpec, optimizer: optax.GradientTransformation
 
     def loss_fn(z, k):
       extra = {'key': spec.key_for(key, start + k)} if needs_key else {}
-      return losses.total_loss(z, params, targets, loss_weights, spec=spec, **extra)
+      return bands.total_loss(z, params, targets, loss_weights, spec, **extra)
+
+    def value_and_grad(z, k):
+      extra = {'key': spec.key_for(key, start + k)} if needs_key else {}
+      return bands.value_and_grad(z, params, targets, loss_weights, spec, **extra)
 
     def cond(c):
       k, bad = c[0], c[5]
@@ -119,7 +125,7 @@ def make_chunk_fn(spec: losses.LossSpec, optimizer: optax.GradientTransformation
 
     def body(c):
       k, i, x, opt_state, last_good, bad, prev_grad_ok, terms = c
-      (value, new_terms), g = jax.value_and_grad(loss_fn, has_aux=True)(x, k)
+      (value, new_terms), g = value_and_grad(x, k)
       grad_ok = jnp.all(jnp.isfinite(g))
       ok = jnp.isfinite(value) & grad_ok & ~bad
       # The update runs unconditionally and only the image is masked: a
@@ -149,7 +155,7 @@ def make_chunk_fn(spec: losses.LossSpec, optimizer: optax.GradientTransformation
 class Programs(NamedTuple):
   chunk: Callable         # jitted chunk (vmapped over problems when batched)
   init: Callable          # jitted optimizer init (vmapped likewise)
-  targets: Callable       # jitted losses.make_targets of one problem
+  targets: Callable       # jitted bands.make_targets (losses.make_targets, in bands if asked)
   compiled: set           # (shape, sharding) of every image the chunk was compiled for
 
 
@@ -164,7 +170,7 @@ def programs(spec: losses.LossSpec, optimizer: tuple, batched: bool = False) -> 
     chunk = jax.vmap(chunk, in_axes=(0, 0, 0, None, None, None, None, None))
     init = jax.vmap(init)
   return Programs(jax.jit(chunk, donate_argnums=(0, 1)), jax.jit(init),
-                  jax.jit(functools.partial(losses.make_targets, spec=spec)), set())
+                  jax.jit(functools.partial(bands.make_targets, spec=spec)), set())
 
 
 class Chunk(NamedTuple):

@@ -74,3 +74,45 @@ def min_input_size(taps: Iterable[str]) -> int:
   """Smallest input side for which every requested tap has at least 1 pixel."""
   last = _LAYER_INDEX[deepest(taps)]
   return 2 ** sum(1 for n in POOL_NAMES if _LAYER_INDEX[n] <= last)
+
+
+def downsampling(name: str) -> int:
+  """How many input pixels one pixel of layer ``name`` steps over: 2 ** (pools up to it)."""
+  index = _LAYER_INDEX[name]
+  return 2 ** sum(1 for n in POOL_NAMES if _LAYER_INDEX[n] <= index)
+
+
+def receptive_margin(taps: Iterable[str]) -> int:
+  """Input rows beyond its own cell that one output row of the deepest tap reads.
+
+  Output row ``p`` of a layer that steps over ``d`` input rows reads input
+  rows ``p * d - above`` to ``p * d + d - 1 + below`` (3x3 convolutions with
+  padding 1, 2x2 pooling with stride 2); this returns ``max(above, below)``,
+  e.g. 70 and 85 for relu5_1, 85.
+  """
+  last = _LAYER_INDEX[deepest(taps)]
+  above = below = 0
+  step = 1
+  for name in LAYER_NAMES[:last + 1]:
+    if name.startswith('conv'):
+      above, below = above + step, below + step
+    elif name.startswith('pool'):
+      below += step
+      step *= 2
+  return max(above, below)
+
+
+# Band edges of nst_jax.bands fall on every layer's pixel grid: VGG19 pools four times.
+BAND_MULTIPLE = 16
+
+
+def band_margin(taps: Iterable[str]) -> int:
+  """Rows of context a band needs above and below: ``receptive_margin`` up to a multiple of 16."""
+  return -(-receptive_margin(taps) // BAND_MULTIPLE) * BAND_MULTIPLE
+
+
+def band_window_rows(height: int, band_rows: int, taps: Iterable[str]) -> int:
+  """Rows of the highest window VGG19 runs on with bands of ``band_rows`` (0: no bands)."""
+  if not band_rows or height <= band_rows:
+    return height
+  return min(height, band_rows + 2 * band_margin(taps))

@@ -99,6 +99,8 @@ class LossSpec:
   sw_redraw: int = SW_REDRAW_EVERY
   color_loss: bool = False    # add the colour-distribution term ('color')
   color_directions: int = 0   # 0: DEFAULT_COLOR_DIRECTIONS
+  # Rows per band of nst_jax.bands (0: the whole image in one pass).
+  band_rows: int = 0
 
   def __post_init__(self):
     unknown = [k for k in self.style_losses if k not in STYLE_LOSSES]
@@ -109,6 +111,8 @@ class LossSpec:
       raise ValueError('sw_directions and color_directions must be >= 0 (0: the default)')
     if self.sw_redraw < 1:
       raise ValueError(f'sw_redraw must be >= 1, got {self.sw_redraw}')
+    if self.band_rows < 0 or self.band_rows % 16:
+      raise ValueError(f'band_rows must be 0 or a positive multiple of 16, got {self.band_rows}')
 
   @property
   def taps(self) -> tuple[str, ...]:

@@ -36,7 +36,9 @@ def activation_bytes(h: int, w: int, taps) -> int:
 def estimate_peak_bytes(h: int, w: int, config, style_shapes=()) -> int:
   """Estimated peak memory of stylizing an ``h`` x ``w`` image with ``config``."""
   taps = tuple(config.content_layers) + tuple(config.style_layers)
-  act = activation_bytes(h, w, taps)
+  # With bands (nst_jax.bands) VGG19 runs on one window of rows at a time.
+  act = activation_bytes(layers.band_window_rows(h, getattr(config, 'band_rows', 0), taps),
+                         w, taps)
   n = h * w * 3
   if config.optimizer == 'lbfgs' or config.optimizer == 'lbfgs_linesearch':
     stored = 2 if (config.optimizer == 'lbfgs'
@@ -44,12 +46,23 @@ def estimate_peak_bytes(h: int, w: int, config, style_shapes=()) -> int:
     opt = n * (2 * config.lbfgs_history * stored + 4 * 4)
   else:
     opt = 4 * n * 4
-  styles = max((activation_bytes(sh, sw, taps) for sh, sw in style_shapes), default=0)
+  band_rows = getattr(config, 'band_rows', 0)
+  styles = max((activation_bytes(layers.band_window_rows(sh, band_rows, taps), sw, taps)
+                for sh, sw in style_shapes), default=0)
   # No saving is counted for `remat`: XLA's CPU buffers were the same with and
   # without it (1024x768: 2.13 vs 2.14 GiB temp in the compiled chunk, peak
   # RSS 3.01 vs 3.00 GiB), where a 0.6 factor had predicted 2.5 GiB.
   factor = _ACTIVATION_FACTOR
   return int(factor * act + opt + max(styles - act, 0) + OVERHEAD_BYTES)
+
+
+BAND_ROWS = (1024, 512, 256)  # band_rows that fitting_changes suggests, largest first
+
+
+def _bands_apply(config) -> bool:
+  """Whether ``config``'s objective can be evaluated in bands (the Gram objective)."""
+  kinds = [part.split(':')[0].strip() for part in str(config.style_loss).split(',')]
+  return (kinds == ['gram'] and not config.color_weight and not config.normalize_gradients)
 
 
 def available_bytes() -> int | None:
@@ -113,8 +126,10 @@ def fitting_changes(content_hw: tuple[int, int], config, budget: int, style_hws=
   """Settings that keep the image size and bring the run's estimate within ``budget``.
 
   Tries, least intrusive first: a bfloat16 L-BFGS history, ``remat``, both,
-  then each with the largest shorter history that fits, then Adam (with and
-  without ``remat``). A setting is left out when part of it already fits.
+  then each with the largest shorter history that fits; then bands of rows
+  (``band_rows``, the largest of 1024, 512, 256 that fits, for the Gram
+  objective), alone and with those; then Adam (with and without ``remat``).
+  A setting is left out when part of it already fits.
 
   Returns:
     Up to ``limit`` dicts of StyleConfig field -> value (e.g.
@@ -131,17 +146,28 @@ def fitting_changes(content_hw: tuple[int, int], config, budget: int, style_hws=
   if not config.remat:
     bases += [{**b, 'remat': True} for b in bases]
   candidates = [b for b in bases if b]
-  for base in bases:  # The largest shorter history that fits, if any.
-    if lbfgs and config.lbfgs_history > 1 and not fits(base):
-      lo, hi = 0, config.lbfgs_history - 1
-      while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits({**base, 'lbfgs_history': mid}):
-          lo = mid
-        else:
-          hi = mid - 1
-      if lo:
-        candidates.append({**base, 'lbfgs_history': lo})
+  def largest_history(base):
+    """The largest shorter history that fits with ``base``, or 0."""
+    lo, hi = 0, config.lbfgs_history - 1
+    while lo < hi:
+      mid = (lo + hi + 1) // 2
+      if fits({**base, 'lbfgs_history': mid}):
+        lo = mid
+      else:
+        hi = mid - 1
+    return lo
+
+  for base in bases:
+    if lbfgs and config.lbfgs_history > 1 and not fits(base) and largest_history(base):
+      candidates.append({**base, 'lbfgs_history': largest_history(base)})
+  if not config.band_rows and _bands_apply(config):
+    for base in [{}] + [b for b in bases if 'lbfgs_history_dtype' in b and 'remat' not in b]:
+      rows = next((r for r in BAND_ROWS if fits({**base, 'band_rows': r})), None)
+      if rows is not None:
+        candidates.append({**base, 'band_rows': rows})
+    banded = {'band_rows': BAND_ROWS[1]}
+    if lbfgs and config.lbfgs_history > 1 and not fits(banded) and largest_history(banded):
+      candidates.append({**banded, 'lbfgs_history': largest_history(banded)})
   if config.optimizer != 'adam':
     candidates += [{'optimizer': 'adam'}] + ([{'optimizer': 'adam', 'remat': True}]
                                              if not config.remat else [])

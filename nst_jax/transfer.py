@@ -148,6 +148,8 @@ def prepare(p: Plan, scale_index: int, content_rgb: np.ndarray,
   content, styles = prepare_images(content_rgb, style_rgbs, scale, config)
   content_pre = obj.prep.apply(content)
   masks = {}
+  if content_masks is not None and config.band_rows:
+    raise ConfigError('`band_rows` does not support masks (spatial control); set it to 0')
   if content_masks is not None:
     masks['content_masks'] = jnp.asarray(_resize_masks(content_masks, scale.content_hw))
   if style_masks is not None:
