@@ -83,3 +83,29 @@ def test_banded_targets_and_value_equal_one_pass(caffe_weights):
   want_value, want_terms = losses.total_loss(content * 0.5, params, want, lw, losses.LossSpec())
   assert abs(float(value) - float(want_value)) <= 1e-5 * float(want_value)
   assert set(terms) == set(want_terms)
+
+
+def test_estimate_counts_one_window_and_suggests_bands():
+  import dataclasses
+  from nst_jax import config as config_lib
+  from nst_jax import memory
+  shape = (3072, 4096)
+  config = config_lib.StyleConfig(image_size=4096)
+  banded = dataclasses.replace(config, band_rows=512)
+  # One 704-row window instead of 3072 rows of activations.
+  taps = config.content_layers + config.style_layers
+  assert layers.band_window_rows(3072, 512, taps) == 512 + 2 * 96
+  saved = memory.estimate_peak_bytes(*shape, config) - memory.estimate_peak_bytes(*shape, banded)
+  want = 1.5 * (memory.activation_bytes(3072, 4096, taps) - memory.activation_bytes(704, 4096, taps))
+  assert abs(saved - want) <= 1
+  budget = 23 * 2**30
+  changes = memory.fitting_changes(shape, config, budget, [(640, 1024)])
+  assert any('band_rows' in c for c in changes)
+  for change in changes:
+    assert memory.run_peak_bytes(shape, dataclasses.replace(config, **change),
+                                 [(640, 1024)]) <= budget
+  with pytest.raises(config_lib.ConfigError, match='`band_rows`=512'):
+    config_lib.plan(config, shape, [(640, 1024)], budget=budget)
+  # Objectives the bands cannot split get no band suggestion.
+  sw = dataclasses.replace(config, style_loss='sw')
+  assert not any('band_rows' in c for c in memory.fitting_changes(shape, sw, budget, []))
