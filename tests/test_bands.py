@@ -34,7 +34,7 @@ def test_receptive_margin_of_relu5_1():
   assert bands.margin(['relu5_1', 'relu4_2']) == 96
 
 
-@pytest.mark.parametrize('h, w, band_rows', [(400, 48, 64), (372, 40, 96)], ids=str)
+@pytest.mark.parametrize('h, w, band_rows', [(372, 40, 96)], ids=str)
 def test_bands_equal_one_pass(caffe_weights, h, w, band_rows):
   # 372 is not a multiple of 16: the pools drop rows at the bottom, and the
   # last band must drop the same ones.
