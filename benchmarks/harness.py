@@ -159,14 +159,19 @@ def run_torch(args: dict) -> dict:
   def run_chunk(n=k) -> int:
     """``n`` iterations; returns the evaluations made (one per iteration).
 
-    A step() of torch's LBFGS can still end early (``max_eval``), so it is
-    called until ``n`` evaluations are done.
+    A step() of torch's LBFGS evaluates once at its start, then once after
+    every update but its last: ``max_iter=m`` makes m updates with m
+    evaluations, and the next step() starts by evaluating the last update's
+    point, as one long step() would. ``max_eval`` is set above that: equal to
+    ``max_iter`` it ended a step() one update early, and the next step()
+    evaluated the same point again (19 updates per 20 evaluations).
     """
     start = evaluations[0]
     if args['optimizer'] == 'lbfgs':
       group = opt.param_groups[0]
       while evaluations[0] - start < n:
-        group['max_iter'] = group['max_eval'] = n - (evaluations[0] - start)
+        group['max_iter'] = n - (evaluations[0] - start)
+        group['max_eval'] = group['max_iter'] + 1
         opt.step(closure)
     else:
       for _ in range(n):
