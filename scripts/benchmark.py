@@ -209,8 +209,7 @@ def _run_mode(mode: str) -> int:
   md = module.markdown(results)
   print(md)
   if FLAGS.results_md:
-    with open(FLAGS.results_md, 'a') as f:
-      f.write(md + '\n')
+    _append_markdown(FLAGS.results_md, md)
   return 0
 
 
@@ -289,9 +288,17 @@ def main(argv):
   md = _markdown(report)
   print(md)
   if FLAGS.results_md:
-    with open(FLAGS.results_md, 'a') as f:
-      f.write(md + '\n')
+    _append_markdown(FLAGS.results_md, md)
   return 0
+
+
+def _append_markdown(path: str, md: str) -> None:
+  """Appends ``md`` to the file at ``path`` as a section of its own (a blank line before it)."""
+  p = Path(path)
+  tail = p.read_bytes()[-2:] if p.exists() else b''
+  sep = '' if not tail or tail == b'\n\n' else ('\n' if tail.endswith(b'\n') else '\n\n')
+  with open(p, 'a') as f:
+    f.write(sep + md + '\n')
 
 
 def _markdown(report):
