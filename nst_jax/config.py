@@ -207,27 +207,7 @@ class StyleConfig:
     if not (isinstance(self.style_scale, (int, float)) and math.isfinite(self.style_scale)
             and self.style_scale > 0):
       raise ConfigError(f'`style_scale` must be a finite number > 0, got {self.style_scale!r}')
-    for name in ('content_weight', 'style_weight', 'tv_weight', 'color_weight'):
-      _finite_nonneg(name, getattr(self, name))
-    parse_style_loss(self.style_loss)
-    if not isinstance(self.sw_redraw, int) or self.sw_redraw < 1:
-      raise ConfigError(f'`sw_redraw` must be an integer >= 1, got {self.sw_redraw!r}')
-    for flag, names in (('content_layers', self.content_layers),
-                        ('style_layers', self.style_layers)):
-      bad = [l for l in names if l not in layers.LAYER_NAMES]
-      if bad:
-        raise ConfigError(f'`{flag}`: unknown layer(s) {", ".join(bad)}; valid layers are '
-                          f'{", ".join(layers.TAP_NAMES)} (or conv1_1 ... conv5_4)')
-    if not self.style_layers and not self.content_layers:
-      raise ConfigError('`content_layers` and `style_layers` are both empty')
-    if self.style_layer_weights is not None:
-      if len(self.style_layer_weights) != len(self.style_layers):
-        raise ConfigError(f'`style_layer_weights` has {len(self.style_layer_weights)} values '
-                          f'but `style_layers` has {len(self.style_layers)} layers')
-      for w in self.style_layer_weights:
-        _finite_nonneg('style_layer_weights', w)
-    if self.style_blend_weights is not None:
-      check_blend_weights(self.style_blend_weights, len(self.style_blend_weights))
+    self._validate_objective()
     if self.init not in INITS:
       raise ConfigError(f'`init` must be one of {", ".join(INITS)}, got {self.init!r} '
                         '(or pass `init_image`)')
@@ -242,13 +222,6 @@ class StyleConfig:
     if self.learning_rate is not None:
       if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
         raise ConfigError(f'`learning_rate` must be a finite number > 0, got {self.learning_rate!r}')
-    if not isinstance(self.band_rows, int) or self.band_rows < 0 or self.band_rows % 16:
-      raise ConfigError(f'`band_rows` must be 0 or a positive multiple of 16, '
-                        f'got {self.band_rows!r}')
-    if self.band_rows and ([k for k, _ in parse_style_loss(self.style_loss)] != ['gram']
-                           or self.color_weight > 0 or self.normalize_gradients):
-      raise ConfigError('`band_rows` supports the Gram objective only: not with `style_loss` '
-                        'other than gram, `color_weight` > 0 or `normalize_gradients`')
     if not isinstance(self.lbfgs_history, int) or self.lbfgs_history < 1:
       raise ConfigError(f'`lbfgs_history` must be an integer >= 1, got {self.lbfgs_history!r}')
     if not self.num_iterations or any(n < 0 for n in self.num_iterations):
@@ -287,6 +260,42 @@ class StyleConfig:
       if any(v is not None and abs(v) > _FLOAT32_MAX for v in values):
         raise ConfigError(f'`{name}` must be at most {_FLOAT32_MAX:.3g} (the float32 range), '
                           f'got {value!r}')
+
+  def _validate_objective(self):
+    """The checks of the loss settings: weights, style losses, layers, bands."""
+    for name in ('content_weight', 'style_weight', 'tv_weight', 'color_weight'):
+      _finite_nonneg(name, getattr(self, name))
+    parse_style_loss(self.style_loss)
+    if not isinstance(self.sw_redraw, int) or self.sw_redraw < 1:
+      raise ConfigError(f'`sw_redraw` must be an integer >= 1, got {self.sw_redraw!r}')
+    for flag, names in (('content_layers', self.content_layers),
+                        ('style_layers', self.style_layers)):
+      bad = [l for l in names if l not in layers.LAYER_NAMES]
+      if bad:
+        raise ConfigError(f'`{flag}`: unknown layer(s) {", ".join(bad)}; valid layers are '
+                          f'{", ".join(layers.TAP_NAMES)} (or conv1_1 ... conv5_4)')
+    if not self.style_layers and not self.content_layers:
+      raise ConfigError('`content_layers` and `style_layers` are both empty')
+    if self.style_layer_weights is not None:
+      if len(self.style_layer_weights) != len(self.style_layers):
+        raise ConfigError(f'`style_layer_weights` has {len(self.style_layer_weights)} values '
+                          f'but `style_layers` has {len(self.style_layers)} layers')
+      for w in self.style_layer_weights:
+        _finite_nonneg('style_layer_weights', w)
+    if self.style_blend_weights is not None:
+      check_blend_weights(self.style_blend_weights, len(self.style_blend_weights))
+    if not isinstance(self.band_rows, int) or self.band_rows < 0 or self.band_rows % 16:
+      raise ConfigError(f'`band_rows` must be 0 or a positive multiple of 16, '
+                        f'got {self.band_rows!r}')
+    if self.band_rows and not self.bands_supported:
+      raise ConfigError('`band_rows` supports the Gram objective only: not with `style_loss` '
+                        'other than gram, `color_weight` > 0 or `normalize_gradients`')
+
+  @property
+  def bands_supported(self) -> bool:
+    """Whether the objective can be evaluated in bands of rows (``nst_jax.bands``): Gram only."""
+    return ([k for k, _ in parse_style_loss(self.style_loss)] == ['gram']
+            and not self.color_weight and not self.normalize_gradients)
 
   @property
   def sizes(self) -> tuple[int, ...]:

@@ -59,12 +59,6 @@ def estimate_peak_bytes(h: int, w: int, config, style_shapes=()) -> int:
 BAND_ROWS = (1024, 512, 256)  # band_rows that fitting_changes suggests, largest first
 
 
-def _bands_apply(config) -> bool:
-  """Whether ``config``'s objective can be evaluated in bands (the Gram objective)."""
-  kinds = [part.split(':')[0].strip() for part in str(config.style_loss).split(',')]
-  return (kinds == ['gram'] and not config.color_weight and not config.normalize_gradients)
-
-
 def available_bytes() -> int | None:
   """Memory the run may use: the accelerator's limit, else the host's available RAM."""
   try:
@@ -160,7 +154,7 @@ def fitting_changes(content_hw: tuple[int, int], config, budget: int, style_hws=
   for base in bases:
     if lbfgs and config.lbfgs_history > 1 and not fits(base) and largest_history(base):
       candidates.append({**base, 'lbfgs_history': largest_history(base)})
-  if not config.band_rows and _bands_apply(config):
+  if not config.band_rows and config.bands_supported:
     for base in [{}] + [b for b in bases if 'lbfgs_history_dtype' in b and 'remat' not in b]:
       rows = next((r for r in BAND_ROWS if fits({**base, 'band_rows': r})), None)
       if rows is not None:
