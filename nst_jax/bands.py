@@ -46,7 +46,6 @@ import numpy as np
 
 from nst_jax import layers
 from nst_jax import losses
-from nst_jax import vgg
 
 BAND_MULTIPLE = layers.BAND_MULTIPLE
 
@@ -167,9 +166,8 @@ def make_targets(params, content: jax.Array, styles, blend_weights, spec: losses
 
 
 def _features(params, window, spec, taps):
-  return vgg.features(params, window[None], taps, pooling=spec.pooling,
-                      compute_dtype=None if spec.compute_dtype is None
-                      else jnp.dtype(spec.compute_dtype), remat=spec.remat)
+  """``spec``'s VGG19 features of one [h, W, 3] window at ``taps``."""
+  return spec.features(params, window[None], taps)
 
 
 def _zero_features(image, params, spec, taps):

@@ -132,10 +132,12 @@ class LossSpec:
     return min(channels, self.sw_directions) if self.sw_directions else default_directions(
         channels)
 
-  def features(self, params, images: Array) -> dict[str, Array]:
+  def features(self, params, images: Array, taps: Sequence[str] | None = None
+               ) -> dict[str, Array]:
+    """VGG19 features of ``images`` at ``taps`` (default: ``self.taps``), run as specified."""
     dtype = None if self.compute_dtype is None else jnp.dtype(self.compute_dtype)
-    return vgg.features(params, images, self.taps, pooling=self.pooling,
-                        compute_dtype=dtype, remat=self.remat)
+    return vgg.features(params, images, self.taps if taps is None else taps,
+                        pooling=self.pooling, compute_dtype=dtype, remat=self.remat)
 
 
 @jax.custom_vjp

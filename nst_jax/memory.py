@@ -151,17 +151,21 @@ def fitting_changes(content_hw: tuple[int, int], config, budget: int, style_hws=
         hi = mid - 1
     return lo
 
+  def with_shorter_history(base):
+    """``base`` with the largest shorter L-BFGS history that fits, if it needs one and any does."""
+    if lbfgs and config.lbfgs_history > 1 and not fits(base):
+      history = largest_history(base)
+      if history:
+        candidates.append({**base, 'lbfgs_history': history})
+
   for base in bases:
-    if lbfgs and config.lbfgs_history > 1 and not fits(base) and largest_history(base):
-      candidates.append({**base, 'lbfgs_history': largest_history(base)})
+    with_shorter_history(base)
   if not config.band_rows and config.bands_supported:
     for base in [{}] + [b for b in bases if 'lbfgs_history_dtype' in b and 'remat' not in b]:
       rows = next((r for r in BAND_ROWS if fits({**base, 'band_rows': r})), None)
       if rows is not None:
         candidates.append({**base, 'band_rows': rows})
-    banded = {'band_rows': BAND_ROWS[1]}
-    if lbfgs and config.lbfgs_history > 1 and not fits(banded) and largest_history(banded):
-      candidates.append({**banded, 'lbfgs_history': largest_history(banded)})
+    with_shorter_history({'band_rows': BAND_ROWS[1]})
   if config.optimizer != 'adam':
     candidates += [{'optimizer': 'adam'}] + ([{'optimizer': 'adam', 'remat': True}]
                                              if not config.remat else [])

@@ -325,10 +325,14 @@ def _layout(plan: _Strips, h: int, w: int, kh: int, kw: int) -> _Layout:
   return _Layout(out_h, out_w, rows, num, row_index, col_index)
 
 
+def _relu_of(x, subtract, multiply, add):
+  """``relu((x - subtract) * multiply + add)``: the ``relu_of`` terms, broadcast against ``x``."""
+  return jax.nn.relu((x - subtract) * multiply + add)
+
+
 def _activation(x, subtract, multiply, add):
   """``relu_of`` applied to the whole of ``x`` [B, H, W, C]; the terms are [B, C]."""
-  return jax.nn.relu((x - subtract[:, None, None]) * multiply[:, None, None]
-                     + add[:, None, None])
+  return _relu_of(x, subtract[:, None, None], multiply[:, None, None], add[:, None, None])
 
 
 def _window(x, layout, image, strip, terms):
@@ -337,8 +341,7 @@ def _window(x, layout, image, strip, terms):
   if layout.col_index is not None:
     window = window[:, layout.col_index]
   if terms:
-    subtract, multiply, add = terms
-    window = jax.nn.relu((window - subtract[image]) * multiply[image] + add[image])
+    window = _relu_of(window, *(t[image] for t in terms))
   return window
 
 
@@ -597,8 +600,7 @@ def strided_conv_from_blocks(blocks: jax.Array, kernel: jax.Array, *,
 
 def _plain_strided_conv_from_blocks(blocks, kernel, *terms):
   if terms:
-    subtract, multiply, add = (t[:, None, None] for t in terms)
-    blocks = jax.nn.relu((blocks - subtract) * multiply + add)
+    blocks = _activation(blocks, *terms)
   return _plain_conv(blocks_to_image(blocks), kernel, 2)
 
 
