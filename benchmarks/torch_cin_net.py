@@ -31,15 +31,16 @@ def layer_names() -> list[str]:
           + ['expand.0', 'expand.1', 'expand.2'])
 
 
-def params_to_torch(params: Mapping[str, np.ndarray], requires_grad: bool = False
-                    ) -> dict[str, torch.Tensor]:
+def params_to_torch(params: Mapping[str, np.ndarray], requires_grad: bool = False,
+                    device: str = 'cpu') -> dict[str, torch.Tensor]:
   """Flat nst_jax params -> torch tensors (kernels HWIO -> OIHW), same keys."""
   out = {}
   for k, v in params.items():
     a = np.asarray(v, np.float32)
     if k.endswith('.kernel'):
       a = a.transpose(3, 2, 0, 1)
-    out[k] = torch.from_numpy(np.ascontiguousarray(a)).requires_grad_(requires_grad)
+    t = torch.from_numpy(np.ascontiguousarray(a)).to(device)
+    out[k] = t.requires_grad_(requires_grad)
   return out
 
 
@@ -47,7 +48,7 @@ def grads_to_nst(grads: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
   """Inverse layout of ``params_to_torch`` for gradients."""
   out = {}
   for k, g in grads.items():
-    a = g.detach().numpy()
+    a = g.detach().cpu().numpy()
     out[k] = a.transpose(2, 3, 1, 0) if k.endswith('.kernel') else a
   return out
 
@@ -86,7 +87,8 @@ def forward(p: Mapping[str, torch.Tensor], images: torch.Tensor,
 def preprocess(rgb: torch.Tensor, mean_bgr: Sequence[float]) -> torch.Tensor:
   """Caffe VGG19 input: RGB [0, 1] NCHW -> BGR, 0-255, minus the mean pixel."""
   bgr = rgb.flip(1) * 255.0
-  return bgr - torch.tensor(mean_bgr, dtype=bgr.dtype)[None, :, None, None]
+  mean = torch.tensor(mean_bgr, dtype=bgr.dtype, device=bgr.device)
+  return bgr - mean[None, :, None, None]
 
 
 def batch_gram(f: torch.Tensor) -> torch.Tensor:
@@ -122,15 +124,21 @@ def perceptual_loss(p, vgg_tparams, images: torch.Tensor, styles: torch.Tensor,
 
 
 def make_train_step(p: dict, vgg_tparams, grams, mean_bgr, num_styles: int,
-                    learning_rate: float = 1e-3):
-  """One Adam step of the whole network (mode ``new``): ``step(images, styles) -> loss``."""
+                    learning_rate: float = 1e-3, autocast_bf16: bool = False):
+  """One Adam step of the whole network (mode ``new``): ``step(images, styles) -> loss``.
+
+  ``autocast_bf16`` runs the forward pass under ``torch.autocast`` in bfloat16
+  (on the images' device), PyTorch's usual mixed precision: float32
+  parameters and optimizer, bfloat16 convolutions and matrix products.
+  """
   leaves = [v.requires_grad_(True) for v in p.values()]
   opt = torch.optim.Adam(leaves, lr=learning_rate)
 
   def step(images, styles):
     opt.zero_grad(set_to_none=True)
-    loss, _ = perceptual_loss(p, vgg_tparams, images, styles, grams, mean_bgr,
-                              num_styles=num_styles)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+      loss, _ = perceptual_loss(p, vgg_tparams, images, styles, grams, mean_bgr,
+                                num_styles=num_styles)
     loss.backward()
     opt.step()
     return loss.detach()

@@ -41,17 +41,25 @@ def _jax_step(config, ws, images, styles, num_styles):
   return step, setup.state.objective['grams']
 
 
-def _torch_step(params, ws, grams, images, styles, num_styles, learning_rate):
+def _torch_step(params, ws, grams, images, styles, num_styles, learning_rate,
+                device='cpu', bf16=False):
   import numpy as np
   import torch
   from benchmarks import torch_cin_net as tc
-  p = tc.params_to_torch({k: np.array(v) for k, v in params.items()})
-  vgg_t = tc.torch_twin.params_to_torch(ws.params)
-  tg = {k: torch.from_numpy(np.array(v)) for k, v in grams.items()}
-  step_fn = tc.make_train_step(p, vgg_t, tg, ws.preprocessing.mean, num_styles, learning_rate)
-  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-  s = torch.from_numpy(styles).long()
-  return lambda: step_fn(x, s)
+  p = tc.params_to_torch({k: np.array(v) for k, v in params.items()}, device=device)
+  vgg_t = tc.torch_twin.params_to_torch(ws.params, device)
+  tg = {k: torch.from_numpy(np.array(v)).to(device) for k, v in grams.items()}
+  step_fn = tc.make_train_step(p, vgg_t, tg, ws.preprocessing.mean, num_styles, learning_rate,
+                               autocast_bf16=bf16)
+  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+  s = torch.from_numpy(styles).long().to(device)
+  if device == 'cpu':
+    return lambda: step_fn(x, s)
+
+  def step():
+    step_fn(x, s)
+    torch.cuda.synchronize()
+  return step
 
 
 def _time(fn, steps):
@@ -78,12 +86,17 @@ def run(flags: dict | None = None) -> dict:
   styles = train.batch_styles(0, f['batch_size'], range(num_styles))
   jax_step, grams = _jax_step(config, ws, images, styles, num_styles)
   sides = {'nst_jax': jax_step}
-  if f['torch'] and jax.devices()[0].platform == 'cpu':
+  platform = jax.devices()[0].platform
+  if f['torch'] and platform in ('cpu', 'gpu', 'cuda'):
+    # The twin runs where JAX runs: CPU threads, or the CUDA card (bfloat16
+    # through torch.autocast when nst_jax runs in bfloat16).
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
+    device = 'cpu' if platform == 'cpu' else 'cuda'
     params = cin_net.init_params(jax.random.key(config.seed), num_styles, config.width)
     sides['pytorch'] = _torch_step(params, ws, grams, images, styles, num_styles,
-                                   config.learning_rate)
+                                   config.learning_rate, device,
+                                   bf16=f['precision'] == 'bfloat16')
   for fn in sides.values():  # Warm-up: compiles (JAX), allocates (both).
     fn()
   times = {k: [] for k in sides}
