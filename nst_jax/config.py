@@ -30,6 +30,7 @@ from nst_jax import memory
 OPTIMIZERS = ('lbfgs', 'lbfgs_linesearch', 'adam')
 COLORS = ('none', 'luminance', 'histogram')
 INITS = ('random', 'image')
+LBFGS_DIRECTIONS = ('auto', 'two_loop', 'compact')
 HISTORY_DTYPES = ('float32', 'bfloat16')
 PRECISIONS = ('float32', 'bfloat16')
 
@@ -163,6 +164,10 @@ class StyleConfig:
       'float32', OPTIMIZER, 'Storage of the L-BFGS history: bfloat16 halves its memory '
       '(objective within 1% after 300 iterations at 256 px); float32 as the references.',
       choices=HISTORY_DTYPES)
+  lbfgs_direction: str = _field(
+      'auto', OPTIMIZER, 'How L-BFGS gets its direction: two_loop (pair by pair, fastest on '
+      'CPU), compact (a few large products, for GPUs), auto (compact on an accelerator unless '
+      'the history is bfloat16).', choices=LBFGS_DIRECTIONS)
   num_iterations: tuple[int, ...] = _field((1000,), OPTIMIZER,
                                            'Iterations (one value, or one per scale).')
   scales: tuple[int, ...] | None = _field(

@@ -17,8 +17,10 @@ from nst_jax.config import StyleConfig
 
 
 def optimizer_key(config: StyleConfig) -> tuple:
-  """The settings that make the optimizer's program: (name, learning rate, history, its dtype)."""
-  return config.optimizer, config.learning_rate, config.lbfgs_history, config.lbfgs_history_dtype
+  """The settings that make the optimizer's program: (name, learning rate, history, its
+  dtype, the L-BFGS direction)."""
+  return (config.optimizer, config.learning_rate, config.lbfgs_history,
+          config.lbfgs_history_dtype, config.lbfgs_direction)
 
 
 def make_optimizer(config: StyleConfig) -> optax.GradientTransformation:
@@ -28,10 +30,11 @@ def make_optimizer(config: StyleConfig) -> optax.GradientTransformation:
 
 def optimizer_from_key(key: tuple) -> optax.GradientTransformation:
   """``make_optimizer`` from ``optimizer_key(config)`` (hashable: a cache key)."""
-  name, learning_rate, history, history_dtype = key
+  name, learning_rate, history, history_dtype, direction = key
   lr = learning_rate if learning_rate is not None else 10.0 if name == 'adam' else 1.0
   if name == 'lbfgs':
-    return lbfgs.scale_by_torch_lbfgs(history, lr, history_dtype=history_dtype)
+    return lbfgs.scale_by_torch_lbfgs(history, lr, history_dtype=history_dtype,
+                                      direction=direction)
   if name == 'lbfgs_linesearch':
     return optax.lbfgs(learning_rate=learning_rate, memory_size=history)
   if name == 'adam':

@@ -181,13 +181,53 @@ def test_bfloat16_history_is_the_two_loop_on_the_rounded_pairs():
     lbfgs.scale_by_torch_lbfgs(history_dtype=jnp.int8)
 
 
-def test_compact_representation_in_benchmark_matches():
-  """benchmarks/lbfgs.py's compact-representation variant takes the same steps."""
-  from benchmarks import lbfgs as bench_lbfgs
-  x_two, _ = _quadratic_run(lbfgs.scale_by_torch_lbfgs(history_size=4, learning_rate=0.5), 9)
-  x_bns, state = _quadratic_run(bench_lbfgs.compact_lbfgs(4, learning_rate=0.5), 9)
-  assert int(state.head) == 0 and int(state.num_pairs) == 4  # wrapped twice
+@pytest.mark.parametrize('history,iters', [(4, 3), (4, 9), (7, 30)],
+                         ids=['partly_filled', 'wrapped_twice', 'long'])
+def test_compact_direction_takes_the_two_loop_steps(history, iters):
+  """direction='compact' (Byrd, Nocedal & Schnabel) equals the two-loop within 1e-5 relative."""
+  make = lambda d: lbfgs.scale_by_torch_lbfgs(history_size=history, learning_rate=0.5,
+                                              direction=d)
+  x_two, two = _quadratic_run(make('two_loop'), iters)
+  x_bns, bns = _quadratic_run(make('compact'), iters)
+  assert isinstance(two, lbfgs.LbfgsState) and isinstance(bns, lbfgs.CompactLbfgsState)
+  assert int(bns.head) == int(two.head) and int(bns.num_pairs) == int(two.num_pairs)
   np.testing.assert_allclose(x_bns, x_two, rtol=1e-5)
+  # One more step from the same (two-loop) history, on a gradient unrelated to it.
+  g = jnp.asarray(np.random.default_rng(3).standard_normal(32), jnp.float32)
+  frozen = two._replace(prev_step=jnp.zeros_like(two.prev_step))  # no new pair
+  s, y = np.asarray(two.s_history, np.float64), np.asarray(two.y_history, np.float64)
+  compact_state = bns._replace(
+      s_history=two.s_history, y_history=two.y_history, head=two.head,
+      num_pairs=two.num_pairs, h_diag=two.h_diag, count=two.count,
+      sy=jnp.asarray(s @ y.T, jnp.float32), yy=jnp.asarray(y @ y.T, jnp.float32),
+      prev_step=frozen.prev_step, prev_grad=two.prev_grad)
+  u_two, _ = make('two_loop').update(g, frozen)
+  u_bns, _ = make('compact').update(g, compact_state)
+  rel = np.linalg.norm(np.asarray(u_bns) - np.asarray(u_two)) / np.linalg.norm(u_two)
+  assert rel <= 1e-5, rel
+
+
+def test_compact_direction_vmaps_and_auto_picks_the_two_loop_on_cpu():
+  opt = lbfgs.scale_by_torch_lbfgs(history_size=3, direction='compact')
+  a = jnp.asarray(np.random.default_rng(0).uniform(1.0, 10.0, (2, 8)), jnp.float32)
+
+  def run(ai):
+    x = jnp.zeros(8)
+    state = opt.init(x)
+    for _ in range(6):
+      u, state = opt.update(ai * (x - 1.0), state, x)
+      x = x + u
+    return x
+
+  batched = jax.jit(jax.vmap(run))(a)
+  for i in range(2):
+    np.testing.assert_allclose(batched[i], run(a[i]), rtol=1e-6)
+  auto = lbfgs.scale_by_torch_lbfgs(history_size=3).init(jnp.zeros(4))
+  assert isinstance(auto, lbfgs.LbfgsState) == (jax.default_backend() == 'cpu')
+  narrow = lbfgs.scale_by_torch_lbfgs(history_size=3, history_dtype=jnp.bfloat16)
+  assert isinstance(narrow.init(jnp.zeros(4)), lbfgs.LbfgsState)
+  with pytest.raises(ValueError, match='direction'):
+    lbfgs.scale_by_torch_lbfgs(direction='three_loop')
 
 
 def test_bfloat16_history_from_the_config_and_in_the_memory_estimate():
