@@ -18,10 +18,11 @@ def _run_jax(fn, x0, iters, history, lr):
   x = jnp.asarray(x0)
   state = opt.init(x)
   values = []
+  value_and_grad, update = jax.jit(jax.value_and_grad(fn)), jax.jit(opt.update)
   for _ in range(iters):
-    v, g = jax.value_and_grad(fn)(x)
+    v, g = value_and_grad(x)
     values.append(float(v))
-    u, state = opt.update(g, state, x)
+    u, state = update(g, state, x)
     x = optax.apply_updates(x, u)
   return np.asarray(x), values
 
@@ -156,8 +157,9 @@ def _quadratic_run(opt, iters, n=32):
   a = jnp.asarray(np.random.default_rng(0).uniform(1.0, 10.0, n), jnp.float32)
   x = jnp.zeros(n)
   state = opt.init(x)
+  update = jax.jit(opt.update)
   for _ in range(iters):
-    u, state = opt.update(a * (x - 1.0), state, x)
+    u, state = update(a * (x - 1.0), state, x)
     x = optax.apply_updates(x, u)
   return x, state
 

@@ -58,7 +58,7 @@ def test_loss_and_gradients_match_pytorch(random_params):
   def loss(p):
     return train.perceptual_loss(p, obj, jnp.asarray(images), jnp.asarray(styles),
                                  spec=config.loss_spec, prep=PREP)
-  (value, terms), grads = jax.value_and_grad(loss, has_aux=True)(params)
+  (value, terms), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
 
   def twin(dtype):
     tp = {k: v.to(dtype).requires_grad_(True) for k, v in tc.params_to_torch(params).items()}
@@ -128,8 +128,9 @@ def test_add_mode_keeps_old_styles_bit_identical(random_params):
   assert not np.array_equal(new['expand.2.gamma'][26], np.asarray(params['expand.2.gamma'][26]))
   photo = np.random.default_rng(9).random((1, 36, 44, 3)).astype(np.float32)
   eye = np.eye(27, dtype=np.float32)
-  before = cin_net.apply(base, photo.repeat(26, 0), np.eye(26, dtype=np.float32))
-  after = cin_net.apply(new, photo.repeat(26, 0), eye[:26])
+  apply = jax.jit(cin_net.apply)
+  before = apply(base, photo.repeat(26, 0), np.eye(26, dtype=np.float32))
+  after = apply(new, photo.repeat(26, 0), eye[:26])
   np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
 
 
