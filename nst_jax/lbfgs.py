@@ -154,6 +154,18 @@ def _two_loop(g, state: LbfgsState, m: int):
   return jax.lax.fori_loop(0, k, forward, r)
 
 
+def resolve_direction(direction: str, history_dtype=None) -> str:
+  """``'two_loop'`` or ``'compact'``: what ``direction`` means on this backend.
+
+  ``'auto'`` is ``'compact'`` on an accelerator and ``'two_loop'`` on CPU or
+  with a bfloat16 history; the other two mean themselves.
+  """
+  if direction != 'auto':
+    return direction
+  narrow = history_dtype is not None and jnp.dtype(history_dtype) == jnp.bfloat16
+  return 'two_loop' if narrow or jax.default_backend() == 'cpu' else 'compact'
+
+
 def scale_by_torch_lbfgs(history_size: int = 100, learning_rate: float = 1.0,
                          history_dtype=None, direction: str = 'auto'
                          ) -> optax.GradientTransformation:
@@ -184,11 +196,7 @@ def scale_by_torch_lbfgs(history_size: int = 100, learning_rate: float = 1.0,
                      f'got {history_dtype!r}')
   if direction not in ('auto', 'two_loop', 'compact'):
     raise ValueError(f"direction must be 'auto', 'two_loop' or 'compact', got {direction!r}")
-  narrow_history = history_dtype is not None and jnp.dtype(history_dtype) == jnp.bfloat16
-  if direction == 'auto':
-    direction = ('two_loop' if narrow_history or jax.default_backend() == 'cpu'
-                 else 'compact')
-  compact = direction == 'compact'
+  compact = resolve_direction(direction, history_dtype) == 'compact'
 
   def init_fn(params):
     flat, _ = ravel_pytree(params)

@@ -7,6 +7,8 @@ A new optimizer is an optax transformation (the maths in its own module, as
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import optax
@@ -21,6 +23,16 @@ def optimizer_key(config: StyleConfig) -> tuple:
   dtype, the L-BFGS direction)."""
   return (config.optimizer, config.learning_rate, config.lbfgs_history,
           config.lbfgs_history_dtype, config.lbfgs_direction)
+
+
+def resolved(config: StyleConfig) -> StyleConfig:
+  """``config`` with the backend-dependent choice made explicit
+  (``lbfgs_direction='auto'`` becomes what it means here), so that a
+  checkpoint written on a GPU resumes on a CPU with the same optimizer state."""
+  if config.lbfgs_direction != 'auto':
+    return config
+  return dataclasses.replace(config, lbfgs_direction=lbfgs.resolve_direction(
+      'auto', config.lbfgs_history_dtype))
 
 
 def make_optimizer(config: StyleConfig) -> optax.GradientTransformation:

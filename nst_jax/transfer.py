@@ -192,6 +192,17 @@ class _Clock:
     return iterations_left / rate + later + compiles
 
 
+def _resumed_optimizer_state(progs, x, leaves):
+  """The checkpoint's optimizer leaves in this run's optimizer state, or a clear error."""
+  wanted = jax.eval_shape(progs.init, x)
+  shapes = [tuple(l.shape) for l in jax.tree.leaves(wanted)]
+  if shapes != [tuple(np.shape(l)) for l in leaves]:
+    raise ConfigError(
+        'the checkpoint\'s optimizer state does not fit the optimizer of its settings '
+        '(written by another version of nst_jax?); start the run again without --resume')
+  return jax.tree.unflatten(jax.tree.structure(wanted), [jnp.asarray(l) for l in leaves])
+
+
 def stylize(content: np.ndarray, styles: np.ndarray | Sequence[np.ndarray],
             config: StyleConfig | Plan = StyleConfig(), *,
             init_image: np.ndarray | None = None,
@@ -246,8 +257,7 @@ def stylize(content: np.ndarray, styles: np.ndarray | Sequence[np.ndarray],
                        content_masks, style_masks)
     if resume and x is None:
       x = jnp.asarray(resume.x)
-      opt_state = jax.tree.unflatten(jax.tree.structure(jax.eval_shape(progs.init, x)),
-                                     [jnp.asarray(l) for l in resume.opt_leaves])
+      opt_state = _resumed_optimizer_state(progs, x, resume.opt_leaves)
       it = resume.iteration
     else:  # The next scale starts from the previous result, upsampled.
       if x is None:
@@ -330,7 +340,7 @@ def _run_scale(p: Plan, s: int, x, opt_state, it: int, prepared: Prepared, obj: 
     if save_callback and config.save_iter and it % config.save_iter == 0 and it < total:
       save_callback(s, it, current(x)())
     if stop_event is not None and stop_event.is_set() and it < total:
-      state = RunState(config, s, it, np.asarray(x), [np.asarray(l) for l in
+      state = RunState(optimizers.resolved(config), s, it, np.asarray(x), [np.asarray(l) for l in
                                                       jax.tree.leaves(opt_state)])
       raise Interrupted(f'interrupted at iteration {it} of {total} (scale {s + 1})',
                         current(x)(), it, state)

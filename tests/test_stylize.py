@@ -265,3 +265,27 @@ def test_public_names_and_no_torch_on_import():
           'stylize_many, plan; print(a, "torch" in sys.modules)')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
   assert out.stdout.split() == ['False', 'False'], out
+
+
+def test_checkpoint_pins_the_lbfgs_direction_and_a_foreign_state_is_refused(caffe_weights):
+  """A RunState records the direction 'auto' chose (a GPU checkpoint resumes on a CPU),
+  and optimizer leaves that do not fit the settings give a ConfigError, not a crash."""
+  from nst_jax import lbfgs
+  from nst_jax import optimizers
+  from nst_jax.config import ConfigError
+  auto = StyleConfig(image_size=32, num_iterations=2, **QUIET)
+  pinned = optimizers.resolved(auto)
+  assert auto.lbfgs_direction == 'auto'
+  assert pinned.lbfgs_direction == lbfgs.resolve_direction('auto')
+  assert optimizers.resolved(pinned) is pinned
+  bf16 = StyleConfig(lbfgs_history_dtype='bfloat16')
+  assert optimizers.resolved(bf16).lbfgs_direction == 'two_loop'
+  rng = np.random.default_rng(0)
+  photo = rng.random((32, 32, 3)).astype(np.float32)
+  config = StyleConfig(image_size=32, num_iterations=2, lbfgs_direction='two_loop', **QUIET)
+  x = np.zeros((32, 32, 3), np.float32)
+  other = lbfgs.scale_by_torch_lbfgs(config.lbfgs_history, direction='compact')
+  state = transfer.RunState(config, 0, 1, x, [np.asarray(l) for l in
+                                             jax.tree.leaves(other.init(jnp.asarray(x)))])
+  with pytest.raises(ConfigError, match='optimizer state does not fit'):
+    transfer.stylize(photo, [photo], config, weights=caffe_weights, resume=state)
