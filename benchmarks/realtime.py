@@ -163,7 +163,19 @@ def _arbitrary_rows(f, models) -> list[dict]:
                         (params, jnp.asarray(image), jnp.asarray(style)),
                         lambda: session.run(None, feeds), f['calls'], f['plain'])
     rows.append({**row, 'size': [size, size]})
+    if f['predictor']:
+      rows.append(_pair_row(rows[0], row, size))
   return rows
+
+
+def _pair_row(predict: dict, transform: dict, size: int) -> dict:
+  """One painting and one photo, as a user runs them: the predictor's and the
+  transformer's medians added, on each side."""
+  sides = [k for k in ('nst_jax_ms', 'onnxruntime_ms', 'plain_ms') if k in transform]
+  row = {'net': 'arbitrary pair', 'size': [size, size],
+         **{k: predict[k] + transform[k] for k in sides}}
+  row['ratio'] = row['onnxruntime_ms'] / row['nst_jax_ms']
+  return row
 
 
 def _batch_row(f) -> dict:

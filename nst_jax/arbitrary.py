@@ -157,6 +157,11 @@ def _same_conv(x, kernel, bias, stride=1, groups=1):
   """TensorFlow "SAME" zero-padded convolution plus bias."""
   if groups > 1 and groups == x.shape[-1]:  # depthwise: XLA CPU's grouped conv is slow
     return small_conv.depthwise_conv(x, kernel, stride) + bias.astype(x.dtype)
+  if kernel.shape[:2] == (1, 1) and stride == 1 and groups == 1:
+    # A pointwise convolution is a matmul over the pixels. As one, XLA on CPU
+    # runs MobileNetV2's 34 of them about 1.35x faster (the same numbers).
+    y = jnp.einsum('bhwc,cd->bhwd', x, kernel[0, 0].astype(x.dtype))
+    return y + bias.astype(x.dtype)
   y = jax.lax.conv_general_dilated(
       x, kernel.astype(x.dtype), window_strides=(stride, stride), padding='SAME',
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)

@@ -84,3 +84,23 @@ def test_whole_process_reads_gnu_time():
   assert 0.19 < res['peak_rss_gib'] < 2
   with pytest.raises(RuntimeError, match='exited 3'):
     whole_process._timed([sys.executable, '-c', 'raise SystemExit(3)'])
+
+
+def test_realtime_benchmark_rows_and_the_arbitrary_pair():
+  """benchmarks/realtime.py side by side with onnxruntime, tiny: every row timed on both
+  sides, and the pair row (one painting, one photo) is the predictor plus the transformer."""
+  pytest.importorskip('onnxruntime')
+  pytest.importorskip('onnx')
+  from benchmarks import realtime
+  results = realtime.run({'sizes': [64], 'arbitrary_sizes': [64], 'calls': 2, 'batch': 0,
+                          'first_call': False, 'large': False, 'keep_freed_memory': False})
+  rows = {r['net']: r for r in results['rows']}
+  assert set(rows) == {'multistyle26', 'arbitrary_predict', 'arbitrary_transform',
+                       'arbitrary pair'}
+  for r in rows.values():
+    assert r['nst_jax_ms'] > 0 and r['onnxruntime_ms'] > 0
+  pair, parts = rows['arbitrary pair'], (rows['arbitrary_predict'], rows['arbitrary_transform'])
+  for side in ('nst_jax_ms', 'onnxruntime_ms'):
+    assert pair[side] == pytest.approx(sum(p[side] for p in parts))
+  assert pair['ratio'] == pytest.approx(pair['onnxruntime_ms'] / pair['nst_jax_ms'])
+  assert '| arbitrary pair | 64x64 |' in realtime.markdown(results)
