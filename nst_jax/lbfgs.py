@@ -122,10 +122,10 @@ def _compact_direction(g, s_g, y_g, state: CompactLbfgsState, m: int):
       lower=False, trans='T')
   p_slot = jnp.zeros_like(p).at[order].set(p)
   u_slot = jnp.zeros_like(u).at[order].set(u)
-  coefficients = jnp.stack([p_slot, -gamma * u_slot])                 # [2, m]
-  histories = jnp.stack([_widen(state.s_history, g.dtype), _widen(state.y_history, g.dtype)])
-  combined = jnp.einsum('km,kmn->n', coefficients, histories, precision=_HIGHEST)
-  return -(gamma * g + combined)
+  # Two vector-matrix products; stacking S and Y for one would copy both.
+  s_part = jnp.dot(p_slot, _widen(state.s_history, g.dtype), precision=_HIGHEST)
+  y_part = jnp.dot(u_slot, _widen(state.y_history, g.dtype), precision=_HIGHEST)
+  return -(gamma * g + s_part - gamma * y_part)
 
 
 def _two_loop(g, state: LbfgsState, m: int):
@@ -152,6 +152,65 @@ def _two_loop(g, state: LbfgsState, m: int):
     return r + (alphas[j] - b) * row(state.s_history, i)
 
   return jax.lax.fori_loop(0, k, forward, r)
+
+
+class _Pair(NamedTuple):
+  """The newest pair as the direction reads it, and whether it was stored."""
+  s: jax.Array          # float, as stored (rounded when the history is narrower)
+  y: jax.Array
+  ys: jax.Array         # y.s of the stored pair
+  accept: jax.Array     # bool: the pair passed the curvature test and was stored
+  slot: jax.Array       # its ring slot (int32)
+
+
+def _store_pair(state, g, y, s, m: int):
+  """Writes ``(s, y)`` into the ring if it passes the curvature test; updates the scale."""
+  ys = jnp.vdot(y, s)
+  # The pair as stored (rounded when the history is narrower than g): its own
+  # curvature scalars keep H consistent with what the direction reads.
+  dtype = state.s_history.dtype
+  s_kept, y_kept = _narrow(s, dtype), _narrow(y, dtype)
+  s_wide, y_wide = _widen(s_kept, g.dtype), _widen(y_kept, g.dtype)
+  ys_kept = jnp.vdot(y_wide, s_wide)
+  accept = (state.count > 0) & (ys > _CURVATURE_EPS) & (ys_kept > _CURVATURE_EPS)
+  head = state.head
+  # Only one ring row changes, so a masked write of that row is cheap.
+  s_hist = state.s_history.at[head].set(jnp.where(accept, s_kept, state.s_history[head]))
+  y_hist = state.y_history.at[head].set(jnp.where(accept, y_kept, state.y_history[head]))
+  yy_kept = jnp.vdot(y_wide, y_wide)
+  h_diag = jnp.where(accept, ys_kept / jnp.where(accept, yy_kept, 1.0), state.h_diag)
+  state = state._replace(
+      s_history=s_hist, y_history=y_hist, h_diag=h_diag.astype(g.dtype),
+      head=jnp.where(accept, (head + 1) % m, head).astype(jnp.int32),
+      num_pairs=jnp.where(accept, jnp.minimum(state.num_pairs + 1, m),
+                          state.num_pairs).astype(jnp.int32))
+  return state, _Pair(s_wide, y_wide, ys_kept, accept, head)
+
+
+def _two_loop_step(state: LbfgsState, g, pair: _Pair, m: int):
+  """The two-loop direction, after recording the new pair's ``rho``."""
+  rho = state.rho.at[pair.slot].set(
+      jnp.where(pair.accept, 1.0 / jnp.where(pair.accept, pair.ys, 1.0), state.rho[pair.slot]))
+  state = state._replace(rho=rho)
+  return state, _two_loop(g, state, m)
+
+
+def _compact_step(state: CompactLbfgsState, g, pair: _Pair, m: int):
+  """The compact direction, after adding the new pair's row and column to S^T Y and Y^T Y.
+
+  One pass over each history gives both: ``S [y, g]`` and ``Y [s, y, g]``.
+  """
+  s_prod = jnp.einsum('mn,kn->mk', _widen(state.s_history, g.dtype), jnp.stack([pair.y, g]),
+                      precision=_HIGHEST)
+  y_prod = jnp.einsum('mn,kn->mk', _widen(state.y_history, g.dtype),
+                      jnp.stack([pair.s, pair.y, g]), precision=_HIGHEST)
+  head, accept = pair.slot, pair.accept
+  sy = state.sy.at[:, head].set(jnp.where(accept, s_prod[:, 0], state.sy[:, head]))
+  sy = sy.at[head, :].set(jnp.where(accept, y_prod[:, 0], sy[head, :]))
+  yy = state.yy.at[:, head].set(jnp.where(accept, y_prod[:, 1], state.yy[:, head]))
+  yy = yy.at[head, :].set(jnp.where(accept, y_prod[:, 1], yy[head, :]))
+  state = state._replace(sy=sy, yy=yy)
+  return state, _compact_direction(g, s_prod[:, 1], y_prod[:, 2], state, m)
 
 
 def resolve_direction(direction: str, history_dtype=None) -> str:
@@ -222,42 +281,11 @@ def scale_by_torch_lbfgs(history_size: int = 100, learning_rate: float = 1.0,
     g, unravel = ravel_pytree(updates)
     y = g - state.prev_grad
     s = state.prev_step
-    ys = jnp.vdot(y, s)
-    # The pair as stored (rounded when the history is narrower than g): its
-    # own curvature scalars keep H consistent with what the direction reads.
-    dtype = state.s_history.dtype
-    s_kept, y_kept = _narrow(s, dtype), _narrow(y, dtype)
-    s_wide, y_wide = _widen(s_kept, g.dtype), _widen(y_kept, g.dtype)
-    ys_kept = jnp.vdot(y_wide, s_wide)
-    accept = (state.count > 0) & (ys > _CURVATURE_EPS) & (ys_kept > _CURVATURE_EPS)
-    head = state.head
-    # Only one ring row changes, so a masked write of that row is cheap.
-    s_hist = state.s_history.at[head].set(jnp.where(accept, s_kept, state.s_history[head]))
-    y_hist = state.y_history.at[head].set(jnp.where(accept, y_kept, state.y_history[head]))
-    yy_kept = jnp.vdot(y_wide, y_wide)
-    h_diag = jnp.where(accept, ys_kept / jnp.where(accept, yy_kept, 1.0), state.h_diag)
-    state = state._replace(
-        s_history=s_hist, y_history=y_hist, h_diag=h_diag.astype(g.dtype),
-        head=jnp.where(accept, (head + 1) % m, head).astype(jnp.int32),
-        num_pairs=jnp.where(accept, jnp.minimum(state.num_pairs + 1, m),
-                            state.num_pairs).astype(jnp.int32))
+    state, pair = _store_pair(state, g, y, s, m)
     if compact:
-      # One pass over each history: S [y, g] and Y [s, y, g].
-      s_prod = jnp.einsum('mn,kn->mk', _widen(s_hist, g.dtype), jnp.stack([y_wide, g]),
-                          precision=_HIGHEST)
-      y_prod = jnp.einsum('mn,kn->mk', _widen(y_hist, g.dtype),
-                          jnp.stack([s_wide, y_wide, g]), precision=_HIGHEST)
-      sy = state.sy.at[:, head].set(jnp.where(accept, s_prod[:, 0], state.sy[:, head]))
-      sy = sy.at[head, :].set(jnp.where(accept, y_prod[:, 0], sy[head, :]))
-      yy = state.yy.at[:, head].set(jnp.where(accept, y_prod[:, 1], state.yy[:, head]))
-      yy = yy.at[head, :].set(jnp.where(accept, y_prod[:, 1], yy[head, :]))
-      state = state._replace(sy=sy, yy=yy)
-      d = _compact_direction(g, s_prod[:, 1], y_prod[:, 2], state, m)
+      state, d = _compact_step(state, g, pair, m)
     else:
-      rho = state.rho.at[head].set(jnp.where(accept, 1.0 / jnp.where(accept, ys_kept, 1.0),
-                                             state.rho[head]))
-      state = state._replace(rho=rho)
-      d = _two_loop(g, state, m)
+      state, d = _two_loop_step(state, g, pair, m)
     first = jnp.minimum(1.0, 1.0 / jnp.sum(jnp.abs(g))) * learning_rate
     t = jnp.where(state.count == 0, first, learning_rate).astype(g.dtype)
     step = t * d
