@@ -340,8 +340,8 @@ def _run_scale(p: Plan, s: int, x, opt_state, it: int, prepared: Prepared, obj: 
     if save_callback and config.save_iter and it % config.save_iter == 0 and it < total:
       save_callback(s, it, current(x)())
     if stop_event is not None and stop_event.is_set() and it < total:
-      state = RunState(optimizers.resolved(config), s, it, np.asarray(x), [np.asarray(l) for l in
-                                                      jax.tree.leaves(opt_state)])
+      leaves = [np.asarray(l) for l in jax.tree.leaves(opt_state)]
+      state = RunState(optimizers.resolved(config), s, it, np.asarray(x), leaves)
       raise Interrupted(f'interrupted at iteration {it} of {total} (scale {s + 1})',
                         current(x)(), it, state)
   return x, it - first, terms
