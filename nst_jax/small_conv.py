@@ -215,19 +215,30 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Arra
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides=(stride, stride), padding='SAME',
         dimension_numbers=_DIMENSIONS, feature_group_count=c)
+  total = None
+  for (i, j), tap in same_taps(x, k, stride):
+    term = tap * kernel[i, j, 0]
+    total = term if total is None else total + term
+  return total
+
+
+def same_taps(x: jax.Array, k: int, stride: int = 1):
+  """The ``k * k`` shifted, strided views of ``x`` that a k x k convolution with
+  TensorFlow "SAME" zero padding (extra padding at the bottom and right) sums.
+
+  Returns:
+    ``[((i, j), view)]`` in kernel order; each view is [B, ceil(H / stride),
+    ceil(W / stride), C].
+  """
   _, h, w, _ = x.shape
   out_h, out_w = -(-h // stride), -(-w // stride)
   pad_h = max((out_h - 1) * stride + k - h, 0)
   pad_w = max((out_w - 1) * stride + k - w, 0)
   x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
                   (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
-  total = None
-  for i in range(k):
-    for j in range(k):
-      tap = x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
-      term = tap * kernel[i, j, 0]
-      total = term if total is None else total + term
-  return total
+  return [((i, j), x[:, i:i + stride * (out_h - 1) + 1:stride,
+                     j:j + stride * (out_w - 1) + 1:stride])
+          for i in range(k) for j in range(k)]
 
 
 def _source_index(size: int, before: int, length: int, mode: str) -> np.ndarray:
