@@ -25,12 +25,12 @@ from typing import NamedTuple
 
 from nst_jax import image_io
 from nst_jax import layers
+from nst_jax import lbfgs
 from nst_jax import memory
 
 OPTIMIZERS = ('lbfgs', 'lbfgs_linesearch', 'adam')
 COLORS = ('none', 'luminance', 'histogram')
 INITS = ('random', 'image')
-LBFGS_DIRECTIONS = ('auto', 'two_loop', 'compact')
 HISTORY_DTYPES = ('float32', 'bfloat16')
 PRECISIONS = ('float32', 'bfloat16')
 
@@ -167,7 +167,7 @@ class StyleConfig:
   lbfgs_direction: str = _field(
       'auto', OPTIMIZER, 'How L-BFGS gets its direction: two_loop (pair by pair, fastest on '
       'CPU), compact (a few large products, for GPUs), auto (compact on an accelerator unless '
-      'the history is bfloat16).', choices=LBFGS_DIRECTIONS)
+      'the history is bfloat16).', choices=lbfgs.DIRECTIONS)
   num_iterations: tuple[int, ...] = _field((1000,), OPTIMIZER,
                                            'Iterations (one value, or one per scale).')
   scales: tuple[int, ...] | None = _field(

@@ -51,6 +51,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 _CURVATURE_EPS = 1e-10
+DIRECTIONS = ('auto', 'two_loop', 'compact')  # ``direction=``; the module docstring
 
 
 def _narrow(v, stored_dtype):
@@ -98,14 +99,15 @@ class CompactLbfgsState(NamedTuple):
 _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 in the inner products on GPUs
 
 
-def _compact_direction(g, s_g, y_g, state: CompactLbfgsState, m: int):
+def _compact_direction(g, s_g, y_g, s_rows, y_rows, state: CompactLbfgsState, m: int):
   """``-H g`` by Byrd, Nocedal & Schnabel (1994), eq. 2.17.
 
   With the stored pairs oldest first, ``R`` the upper triangle of ``S^T Y``,
   ``D`` its diagonal and ``gamma`` the initial scale:
   ``H g = gamma g + S p - gamma Y u`` where ``u = R^-1 S^T g`` and
   ``p = R^-T ((D + gamma Y^T Y) u - gamma Y^T g)``. ``s_g`` and ``y_g`` are
-  ``S g`` and ``Y g`` by ring slot.
+  ``S g`` and ``Y g`` by ring slot; ``s_rows`` and ``y_rows`` the histories
+  in ``g``'s dtype.
   """
   order = (state.head + jnp.arange(m)) % m     # oldest first; empty slots first
   valid = jnp.arange(m) >= m - state.num_pairs
@@ -123,8 +125,8 @@ def _compact_direction(g, s_g, y_g, state: CompactLbfgsState, m: int):
   p_slot = jnp.zeros_like(p).at[order].set(p)
   u_slot = jnp.zeros_like(u).at[order].set(u)
   # Two vector-matrix products; stacking S and Y for one would copy both.
-  s_part = jnp.dot(p_slot, _widen(state.s_history, g.dtype), precision=_HIGHEST)
-  y_part = jnp.dot(u_slot, _widen(state.y_history, g.dtype), precision=_HIGHEST)
+  s_part = jnp.dot(p_slot, s_rows, precision=_HIGHEST)
+  y_part = jnp.dot(u_slot, y_rows, precision=_HIGHEST)
   return -(gamma * g + s_part - gamma * y_part)
 
 
@@ -200,17 +202,17 @@ def _compact_step(state: CompactLbfgsState, g, pair: _Pair, m: int):
 
   One pass over each history gives both: ``S [y, g]`` and ``Y [s, y, g]``.
   """
-  s_prod = jnp.einsum('mn,kn->mk', _widen(state.s_history, g.dtype), jnp.stack([pair.y, g]),
-                      precision=_HIGHEST)
-  y_prod = jnp.einsum('mn,kn->mk', _widen(state.y_history, g.dtype),
-                      jnp.stack([pair.s, pair.y, g]), precision=_HIGHEST)
+  # Widened once (a no-op for float32 histories), read by both passes.
+  s_rows, y_rows = _widen(state.s_history, g.dtype), _widen(state.y_history, g.dtype)
+  s_prod = jnp.einsum('mn,kn->mk', s_rows, jnp.stack([pair.y, g]), precision=_HIGHEST)
+  y_prod = jnp.einsum('mn,kn->mk', y_rows, jnp.stack([pair.s, pair.y, g]), precision=_HIGHEST)
   head, accept = pair.slot, pair.accept
   sy = state.sy.at[:, head].set(jnp.where(accept, s_prod[:, 0], state.sy[:, head]))
   sy = sy.at[head, :].set(jnp.where(accept, y_prod[:, 0], sy[head, :]))
   yy = state.yy.at[:, head].set(jnp.where(accept, y_prod[:, 1], state.yy[:, head]))
   yy = yy.at[head, :].set(jnp.where(accept, y_prod[:, 1], yy[head, :]))
   state = state._replace(sy=sy, yy=yy)
-  return state, _compact_direction(g, s_prod[:, 1], y_prod[:, 2], state, m)
+  return state, _compact_direction(g, s_prod[:, 1], y_prod[:, 2], s_rows, y_rows, state, m)
 
 
 def resolve_direction(direction: str, history_dtype=None) -> str:
@@ -253,8 +255,8 @@ def scale_by_torch_lbfgs(history_size: int = 100, learning_rate: float = 1.0,
       jnp.dtype(jnp.float32), jnp.dtype(jnp.float64), jnp.dtype(jnp.bfloat16)):
     raise ValueError(f'history_dtype must be None, float32, float64 or bfloat16, '
                      f'got {history_dtype!r}')
-  if direction not in ('auto', 'two_loop', 'compact'):
-    raise ValueError(f"direction must be 'auto', 'two_loop' or 'compact', got {direction!r}")
+  if direction not in DIRECTIONS:
+    raise ValueError(f'direction must be one of {DIRECTIONS}, got {direction!r}')
   compact = resolve_direction(direction, history_dtype) == 'compact'
 
   def init_fn(params):
