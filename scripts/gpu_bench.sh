@@ -20,7 +20,7 @@
 #             PyTorch twin under torch.autocast (~60 s)
 #   tests     the parity tests on the GPU (~250 s)
 # All of it is over 10 minutes: on a lease with a 10-minute command limit run
-# it as two calls, e.g. STEPS=realtime,lbfgs,training then rest,tests.
+# it as two calls, e.g. STEPS realtime,lbfgs,training, then rest,tests.
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_bench.sh OUTDIR [STEPS] [WHEEL_DIR] [IMAGE_DIR]}
 STEPS=,${2:-realtime,lbfgs,rest,training,tests},
