@@ -340,7 +340,8 @@ def run_jax_end_to_end(args: dict) -> dict:
   size = args['size']
   content = image_io.resize_to(image_io.load_image(args['content']), size, size)
   style = image_io.resize_longest(image_io.load_image(args['style']), size)
-  config = StyleConfig(precision=args.get('precision', 'float32'))
+  config = optimizers.resolved(StyleConfig(precision=args.get('precision', 'float32'),
+                                           lbfgs_direction=args.get('direction', 'auto')))
   spec = engine.loss_spec(config)
   params = jax.device_put(ws.params)
   lw = losses.default_loss_weights(spec)
@@ -364,4 +365,5 @@ def run_jax_end_to_end(args: dict) -> dict:
   seconds = time.perf_counter() - t0
   return {'iterations': done, 'seconds': seconds, 'compile_s': compile_s,
           'final_terms': {k: float(v) for k, v in info.terms.items()},
-          'device': str(jax.devices()[0].device_kind), 'precision': config.precision}
+          'device': str(jax.devices()[0].device_kind), 'precision': config.precision,
+          'direction': config.lbfgs_direction}

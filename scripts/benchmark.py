@@ -66,6 +66,8 @@ flags.DEFINE_integer('matrix_repeats', 3, 'Alternating batched/one-by-one runs i
                      '(medians reported).')
 flags.DEFINE_integer('end_to_end', 0, 'Also time this many L-BFGS iterations at 512x512 '
                      'end to end (compile excluded), e.g. 500 on a GPU.')
+flags.DEFINE_list('end_to_end_directions', ['auto'], 'L-BFGS directions (auto, two_loop, '
+                  'compact) timed by --end_to_end, one run each.')
 flags.DEFINE_string('output_json', 'benchmarks/last_run.json', 'Where to write the JSON.')
 flags.DEFINE_string('results_md', 'benchmarks/RESULTS.md', 'Markdown file to append to.')
 flags.DEFINE_string('note', '', 'Free text stored with the results (e.g. the machine).')
@@ -152,8 +154,11 @@ def _startup(content, style, warm_runs=5):
 def _matrix_throughput(content, style):
   """Images per minute for a 4x4 matrix at 256 px: batched vs one-by-one."""
   code = f'''
-import json, time, numpy as np, jax
+import json, sys, time, numpy as np, jax
 from nst_jax import matrix, transfer, weights, image_io
+T0 = time.perf_counter()
+def progress(what):  # on stderr, which the parent passes through: a killed run still shows
+  print(f'matrix: {{time.perf_counter() - T0:7.1f}} s  {{what}}', file=sys.stderr, flush=True)
 from nst_jax.config import StyleConfig, StyleSpec
 ws = weights.load()
 base_c = image_io.load_image({content!r}); base_s = image_io.load_image({style!r})
@@ -165,24 +170,29 @@ cfg = StyleConfig(image_size=256, num_iterations={FLAGS.matrix_iterations}, prin
                   save_iter=0)
 # Warm-up (compile) both paths at the shapes timed below: one content with all
 # four styles is one batch of the size the full matrix uses.
+progress('weights and images loaded')
 matrix.stylize_many(contents[:1], [StyleSpec((s,)) for s in styles], cfg, weights=ws)
+progress('batched path warm')
 transfer.stylize(contents[0], [styles[0]], cfg, weights=ws)
+progress('single path warm')
 batched_runs, single_runs = [], []
 for _ in range({FLAGS.matrix_repeats}):  # Alternate the two, report medians.
   t0 = time.perf_counter()
   matrix.stylize_many(contents, [StyleSpec((s,)) for s in styles], cfg, weights=ws)
   batched_runs.append(time.perf_counter() - t0)
+  progress(f'batched run: {{batched_runs[-1]:.2f}} s')
   t0 = time.perf_counter()
   for c in contents:
     for s in styles:
       transfer.stylize(c, [s], cfg, weights=ws)
   single_runs.append(time.perf_counter() - t0)
+  progress(f'one-by-one run: {{single_runs[-1]:.2f}} s')
 batched, single = float(np.median(batched_runs)), float(np.median(single_runs))
 print("BENCH_JSON " + json.dumps({{"batched_s": batched, "one_by_one_s": single,
       "batched_runs_s": batched_runs, "one_by_one_runs_s": single_runs,
       "devices": len(jax.devices()), "device": str(jax.devices()[0].platform)}}))
 '''
-  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
+  proc = subprocess.run([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
   for line in proc.stdout.splitlines():
     if line.startswith('BENCH_JSON '):
       r = json.loads(line[len('BENCH_JSON '):])
@@ -190,7 +200,7 @@ print("BENCH_JSON " + json.dumps({{"batched_s": batched, "one_by_one_s": single,
       r['one_by_one_images_per_min'] = 16 * 60 / r['one_by_one_s']
       r['speedup'] = r['one_by_one_s'] / r['batched_s']
       return r
-  raise RuntimeError(f'matrix benchmark failed: {proc.stderr[-2000:]}')
+  raise RuntimeError(f'matrix benchmark failed (exit {proc.returncode}); its stderr is above')
 
 
 def _run_mode(mode: str) -> int:
@@ -269,13 +279,17 @@ def main(argv):
           print(f'  -> steady state ({_steady_words(jax_row, torch_row)}): '
                 f'{entry["steady_speedup_torch_over_jax"]:.2f}x', flush=True)
   if FLAGS.end_to_end:
-    args = dict(content=content, style=style, size=512, iterations=FLAGS.end_to_end, chunk=50)
-    report['end_to_end'] = [bm.run_child('jax_end_to_end', args)]
-    if FLAGS.mixed_precision:
-      report['end_to_end'].append(bm.run_child('jax_end_to_end', dict(args, precision='bfloat16')))
-    for r in report['end_to_end']:
-      print(f'end to end: {r["iterations"]} L-BFGS iterations at 512x512 ({r["precision"]}) in '
-            f'{r["seconds"]:.2f} s (compile {r["compile_s"]:.1f} s) on {r["device"]}', flush=True)
+    report['end_to_end'] = []
+    precisions = ['float32', 'bfloat16'] if FLAGS.mixed_precision else ['float32']
+    for direction in FLAGS.end_to_end_directions:
+      for precision in precisions:
+        r = bm.run_child('jax_end_to_end', dict(
+            content=content, style=style, size=512, iterations=FLAGS.end_to_end, chunk=50,
+            precision=precision, direction=direction))
+        report['end_to_end'].append(r)
+        print(f'end to end: {r["iterations"]} L-BFGS iterations at 512x512 ({r["precision"]}, '
+              f'{r["direction"]} direction) in {r["seconds"]:.2f} s (compile '
+              f'{r["compile_s"]:.1f} s) on {r["device"]}', flush=True)
   if FLAGS.startup:
     report['startup'] = _startup(content, style)
     print('startup:', json.dumps(report['startup']), flush=True)
@@ -343,7 +357,8 @@ def _markdown(report):
           'even if everything else were free.')
   for r in report.get('end_to_end', []):
     lines.append('')
-    lines.append(f'End to end: {r["iterations"]} L-BFGS iterations at 512x512 ({r["precision"]}) '
+    lines.append(f'End to end: {r["iterations"]} L-BFGS iterations at 512x512 ({r["precision"]}, '
+                 f'{r.get("direction", "two_loop")} direction) '
                  f'in {r["seconds"]:.2f} s, compile {r["compile_s"]:.1f} s excluded, on '
                  f'{r["device"]}; final total {sum(v for k, v in r["final_terms"].items() if "/" not in k):.4g}.')
   if 'startup' in report:
