@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 # Parity tests compare float32 arithmetic with float32 references: no TF32 on
-# GPUs. The config sets it for the session; the autouse fixture below sets it
-# again around every test, because on an H200 with jax 0.11.2 two VGG gradient
-# tests still ran at TF32 error (4e-3) under the config alone, while the
-# context manager gave 2e-7 on the same card (benchmarks/RESULTS.md, GPU).
+# GPUs (on an H200, 'default' precision puts the VGG input gradient 5e-2 off
+# float64, 'float32' 8e-7). The config sets it for the session, the autouse
+# fixture below around every test as well. (Two VGG gradient tests that failed
+# on an H200 were not TF32 but near-ties in their input: see test_vgg.)
 jax.config.update('jax_default_matmul_precision', 'float32')
 
 ROOT = Path(__file__).resolve().parents[1]

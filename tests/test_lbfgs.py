@@ -135,7 +135,8 @@ def test_direction_matches_numpy_two_loop(stored, head):
   slots = [(head - stored + j) % m for j in range(stored)]  # oldest first
   s_hist, y_hist = np.zeros((m, n)), np.zeros((m, n))
   s_hist[slots], y_hist[slots] = s, y
-  opt = lbfgs.scale_by_torch_lbfgs(history_size=m, learning_rate=0.5)
+  # The two-loop's state, which 'auto' would swap for the compact one on a GPU.
+  opt = lbfgs.scale_by_torch_lbfgs(history_size=m, learning_rate=0.5, direction='two_loop')
   g = rng.standard_normal(n)
   newest = slots[-1]
   state = opt.init(jnp.zeros(n))._replace(
