@@ -154,7 +154,7 @@ def _startup(content, style, warm_runs=5):
 def _matrix_throughput(content, style):
   """Images per minute for a 4x4 matrix at 256 px: batched vs one-by-one."""
   code = f'''
-import json, sys, time, numpy as np, jax
+import dataclasses, json, sys, time, numpy as np, jax
 from nst_jax import matrix, transfer, weights, image_io
 T0 = time.perf_counter()
 def progress(what):  # on stderr, which the parent passes through: a killed run still shows
@@ -168,12 +168,14 @@ contents = [base_c, base_c[:, ::-1], base_c[..., ::-1], base_c[:, ::-1, ::-1]]
 styles = [base_s, base_s[::-1], base_s[..., [1, 2, 0]], base_s[::-1, ::-1]]
 cfg = StyleConfig(image_size=256, num_iterations={FLAGS.matrix_iterations}, print_iter=0,
                   save_iter=0)
-# Warm-up (compile) both paths at the shapes timed below: one content with all
-# four styles is one batch of the size the full matrix uses.
+# Warm-up (compile) both paths at the shapes timed below, with the whole matrix:
+# its batches differ by device (4 problems on CPU, all 16 on a GPU). The
+# iteration count is not part of what is compiled.
 progress('weights and images loaded')
-matrix.stylize_many(contents[:1], [StyleSpec((s,)) for s in styles], cfg, weights=ws)
+warm = dataclasses.replace(cfg, num_iterations=2)
+matrix.stylize_many(contents, [StyleSpec((s,)) for s in styles], warm, weights=ws)
 progress('batched path warm')
-transfer.stylize(contents[0], [styles[0]], cfg, weights=ws)
+transfer.stylize(contents[0], [styles[0]], warm, weights=ws)
 progress('single path warm')
 batched_runs, single_runs = [], []
 for _ in range({FLAGS.matrix_repeats}):  # Alternate the two, report medians.
@@ -192,7 +194,11 @@ print("BENCH_JSON " + json.dumps({{"batched_s": batched, "one_by_one_s": single,
       "batched_runs_s": batched_runs, "one_by_one_runs_s": single_runs,
       "devices": len(jax.devices()), "device": str(jax.devices()[0].platform)}}))
 '''
-  proc = subprocess.run([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+  # This process may hold most of an accelerator's memory (the parity check):
+  # the child allocates as it goes instead of claiming its own 75% up front.
+  env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE='false')
+  proc = subprocess.run([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                        env=env)
   for line in proc.stdout.splitlines():
     if line.startswith('BENCH_JSON '):
       r = json.loads(line[len('BENCH_JSON '):])

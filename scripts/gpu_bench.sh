@@ -18,7 +18,7 @@
 #   e2e       500 L-BFGS iterations at 512x512 end to end, fp32 and bf16, with
 #             each L-BFGS direction (two_loop, compact) (~120 s)
 #   matrix    the 4x4 matrix at 256 px, batched vs one by one, progress in the
-#             log (did not finish in 170 s on 2026-12-04; limit 130 s)
+#             log (~60 s)
 #   training  the training step, 256-px crops, batch 16, bf16, against the
 #             PyTorch twin under torch.autocast (~60 s)
 #   tests     the parity tests on the GPU (~250 s)
