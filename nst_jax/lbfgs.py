@@ -28,8 +28,9 @@ direction, with the same results up to float32 round-off (``direction=``):
   pass. It reads the histories twice as well, but in a handful of large
   operations instead of ~4 small ones per pair: on a GPU, the two-loop's
   100 pairs cost about 2.7 ms of a 6.8 ms iteration at 512x384 (an H200),
-  nearly all of it kernel launches. Slower than the two-loop with XLA on CPU
-  (``benchmarks/lbfgs.py`` times both).
+  nearly all of it kernel launches. With the compact form, 500 iterations at
+  512x512 take 1.36 s there instead of 3.50 s, at the same objective. Slower
+  than the two-loop with XLA on CPU (``benchmarks/lbfgs.py`` times both).
 * ``'auto'`` (default): ``'compact'`` on an accelerator, ``'two_loop'`` on
   CPU or with a bfloat16 history (the compact products want float32 rows).
 
