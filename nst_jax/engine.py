@@ -34,6 +34,7 @@ from nst_jax import losses
 from nst_jax import optimizers
 from nst_jax import vgg
 from nst_jax import weights as weights_lib
+from nst_jax import winograd
 from nst_jax.config import StyleConfig
 from nst_jax.config import parse_style_loss
 
@@ -51,7 +52,8 @@ def loss_spec(config: StyleConfig) -> losses.LossSpec:
       remat=config.remat,
       style_losses=tuple(kind for kind, _ in parse_style_loss(config.style_loss)),
       color_loss=config.color_weight > 0, sw_redraw=config.sw_redraw,
-      band_rows=config.band_rows)
+      band_rows=config.band_rows,
+      winograd=winograd.enabled(config.conv_algorithm, config.precision))
 
 
 def loss_weights(config: StyleConfig, spec: losses.LossSpec) -> dict:
@@ -108,8 +110,8 @@ def make_chunk_fn(spec: losses.LossSpec, optimizer: optax.GradientTransformation
   needs_key = getattr(spec, 'needs_key', False)
 
   def chunk(x, opt_state, targets, params, loss_weights, key, start, n):
-    # Flip the kernels for the backward convolutions once, not every iteration.
-    params = vgg.with_backward_kernels(params)
+    # Flip (and Winograd-transform) the kernels once, not every iteration.
+    params = vgg.with_backward_kernels(params, winograd=getattr(spec, 'winograd', False))
 
     def loss_fn(z, k):
       extra = {'key': spec.key_for(key, start + k)} if needs_key else {}

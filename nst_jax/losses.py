@@ -101,6 +101,9 @@ class LossSpec:
   color_directions: int = 0   # 0: DEFAULT_COLOR_DIRECTIONS
   # Rows per band of nst_jax.bands (0: the whole image in one pass).
   band_rows: int = 0
+  # VGG19's wide layers by Winograd (nst_jax.winograd) in the run loop, which
+  # attaches the transformed kernels (vgg.with_backward_kernels).
+  winograd: bool = False
 
   def __post_init__(self):
     unknown = [k for k in self.style_losses if k not in STYLE_LOSSES]

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import layers
+from nst_jax import winograd as winograd_lib
 from nst_jax.layers import CONV_NAMES  # noqa: F401  (re-exported)
 from nst_jax.layers import CONV_SPECS
 from nst_jax.layers import LAYER_NAMES
@@ -53,7 +54,7 @@ def backward_kernel(kernel: jax.Array) -> jax.Array:
   return jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
 
 
-def with_backward_kernels(params: Params) -> dict:
+def with_backward_kernels(params: Params, winograd: bool = False) -> dict:
   """``params`` with each layer's ``backward_kernel`` added as ``'kernel_t'``.
 
   ``features`` uses a layer's ``'kernel_t'`` for the input gradient instead of
@@ -62,9 +63,22 @@ def with_backward_kernels(params: Params) -> dict:
   it costs ~5 ms per layer and iteration on CPU, so the run loop calls this
   once per chunk, outside the loop. ``'kernel_t'`` is treated as a constant:
   gradients with respect to the parameters flow through ``'kernel'`` only.
+
+  With ``winograd=True`` the wide layers (``winograd.wide_enough``) also get
+  their Winograd-transformed kernels, ``'winograd'`` and ``'winograd_t'``,
+  and ``features`` runs those layers by ``nst_jax.winograd`` in float32.
   """
-  return {name: {**p, 'kernel_t': backward_kernel(p['kernel'])} if 'kernel' in p else p
-          for name, p in params.items()}
+  out = {}
+  for name, p in params.items():
+    if 'kernel' not in p:
+      out[name] = p
+      continue
+    q = {**p, 'kernel_t': backward_kernel(p['kernel'])}
+    if winograd and winograd_lib.wide_enough(*p['kernel'].shape[2:]):
+      q['winograd'] = winograd_lib.kernel_transform(p['kernel'])
+      q['winograd_t'] = winograd_lib.kernel_transform(q['kernel_t'])
+    out[name] = q
+  return out
 
 
 @jax.custom_vjp
@@ -190,7 +204,8 @@ def features(
   Args:
     params: ``{'conv1_1': {'kernel': [3, 3, Cin, Cout], 'bias': [Cout]}, ...}``;
       only the layers up to the deepest tap are read. A layer may also hold
-      ``'kernel_t'`` (see ``with_backward_kernels``).
+      ``'kernel_t'``, ``'winograd'`` and ``'winograd_t'`` (see
+      ``with_backward_kernels``).
     images: [B, H, W, 3] preprocessed for the weight set.
     taps: layer names, e.g. ``('relu1_1', 'relu4_2')``.
     pooling: 'max' (the original network) or 'avg' (Gatys et al. suggest it
@@ -216,7 +231,10 @@ def features(
       kind = name[:4]
       if kind == 'conv':
         p = block_params[name]
-        x = conv3x3(x, p['kernel'], p['bias'], p.get('kernel_t'))
+        if 'winograd' in p and x.dtype == jnp.float32:
+          x = winograd_lib.conv3x3(x, p['kernel'], p['bias'], p['winograd'], p['winograd_t'])
+        else:
+          x = conv3x3(x, p['kernel'], p['bias'], p.get('kernel_t'))
       elif kind == 'relu':
         x = jax.nn.relu(x)
       else:
