@@ -33,6 +33,15 @@ def activation_bytes(h: int, w: int, taps) -> int:
   return total
 
 
+def winograd_kernel_bytes(taps, min_channels: int = 128) -> int:
+  """Bytes of the Winograd-transformed kernels (forward and backward, 36
+  entries per 3x3 kernel) of the layers ``nst_jax.winograd`` runs, up to the
+  deepest of ``taps``: about 410 MB up to relu5_1."""
+  last = layers.layer_index(layers.deepest(taps))
+  return sum(2 * 36 * cin * cout * 4 for name, cin, cout in layers.CONV_SPECS
+             if layers.layer_index(name) <= last and min(cin, cout) >= min_channels)
+
+
 def estimate_peak_bytes(h: int, w: int, config, style_shapes=()) -> int:
   """Estimated peak memory of stylizing an ``h`` x ``w`` image with ``config``."""
   taps = tuple(config.content_layers) + tuple(config.style_layers)
@@ -53,7 +62,11 @@ def estimate_peak_bytes(h: int, w: int, config, style_shapes=()) -> int:
   # without it (1024x768: 2.13 vs 2.14 GiB temp in the compiled chunk, peak
   # RSS 3.01 vs 3.00 GiB), where a 0.6 factor had predicted 2.5 GiB.
   factor = _ACTIVATION_FACTOR
-  return int(factor * act + opt + max(styles - act, 0) + OVERHEAD_BYTES)
+  # Counted wherever Winograd may run ('auto' is Winograd on CPU only: this
+  # module does not ask JAX for the backend, so on a GPU it overestimates).
+  wino = (winograd_kernel_bytes(taps) if getattr(config, 'conv_algorithm', 'xla') != 'xla'
+          and getattr(config, 'precision', 'float32') == 'float32' else 0)
+  return int(factor * act + opt + max(styles - act, 0) + wino + OVERHEAD_BYTES)
 
 
 BAND_ROWS = (1024, 512, 256)  # band_rows that fitting_changes suggests, largest first

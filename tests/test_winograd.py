@@ -98,3 +98,14 @@ def test_conv_algorithm_setting():
     StyleConfig(conv_algorithm='winograd', precision='bfloat16')
   with pytest.raises(ConfigError, match='conv_algorithm'):
     StyleConfig(conv_algorithm='fft')
+
+
+def test_memory_estimate_counts_the_transformed_kernels(random_params):
+  from nst_jax import memory
+  fast = vgg.with_backward_kernels(random_params, winograd=True)
+  held = sum(p[k].nbytes for name, p in fast.items() if name <= 'conv5_1'
+             for k in ('winograd', 'winograd_t') if k in p)
+  assert memory.winograd_kernel_bytes(('relu5_1',)) == held
+  base = StyleConfig(conv_algorithm='xla')
+  assert (memory.estimate_peak_bytes(384, 512, StyleConfig())
+          - memory.estimate_peak_bytes(384, 512, base)) == held
