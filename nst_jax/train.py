@@ -44,6 +44,7 @@ from nst_jax import image_io
 from nst_jax import losses
 from nst_jax import vgg
 from nst_jax import weights as weights_lib
+from nst_jax import winograd
 from nst_jax.config import ConfigError
 
 MODES = ('new', 'add', 'finetune')
@@ -73,6 +74,7 @@ class TrainConfig:
   style_layer_weights: tuple[float, ...] | None = None
   pooling: str = 'max'
   precision: str = 'float32'  # or 'bfloat16': VGG19 and network convolutions
+  conv_algorithm: str = 'auto'  # VGG19's wide layers: auto, xla or winograd (nst_jax.winograd)
   seed: int = 0
 
   def __post_init__(self):
@@ -99,6 +101,11 @@ class TrainConfig:
         raise ConfigError(f'--{name} must be a finite number >= 0, got {v!r}')
     if self.precision not in ('float32', 'bfloat16'):
       raise ConfigError(f'--precision must be float32 or bfloat16, got {self.precision!r}')
+    if self.conv_algorithm not in ('auto', 'xla', 'winograd'):
+      raise ConfigError(f'--conv_algorithm must be auto, xla or winograd, '
+                        f'got {self.conv_algorithm!r}')
+    if self.conv_algorithm == 'winograd' and self.precision != 'float32':
+      raise ConfigError('--conv_algorithm=winograd needs --precision=float32')
     if self.pooling not in ('max', 'avg'):
       raise ConfigError(f'--pooling must be max or avg, got {self.pooling!r}')
     object.__setattr__(self, 'content_layers', tuple(self.content_layers))
@@ -120,7 +127,8 @@ class TrainConfig:
   def loss_spec(self) -> losses.LossSpec:
     return losses.LossSpec(content_layers=self.content_layers,
                            style_layers=self.style_layers, pooling=self.pooling,
-                           compute_dtype=None if self.precision == 'float32' else 'bfloat16')
+                           compute_dtype=None if self.precision == 'float32' else 'bfloat16',
+                           winograd=winograd.enabled(self.conv_algorithm, self.precision))
 
   def loss_weights(self) -> dict:
     return losses.default_loss_weights(self.loss_spec, self.content_weight,
@@ -133,6 +141,8 @@ class TrainConfig:
   @classmethod
   def from_dict(cls, d: Mapping) -> 'TrainConfig':
     d = dict(d)
+    # Checkpoints from before the setting ran XLA's convolutions throughout.
+    d.setdefault('conv_algorithm', 'xla')
     for k in ('content_layers', 'style_layers', 'style_layer_weights'):
       if d.get(k) is not None:
         d[k] = tuple(d[k])
@@ -293,8 +303,12 @@ def make_train_step(config: TrainConfig, which: Trainable, prep: weights_lib.Pre
     train = {k: state.params[k] for k in which.keys}
     frozen = {k: v for k, v in state.params.items() if k not in train}
 
+    # VGG19's backward (and, on CPU, Winograd) kernels: a few ms per step.
+    objective = {**state.objective, 'vgg': vgg.with_backward_kernels(
+        state.objective['vgg'], winograd=spec.winograd)}
+
     def loss_fn(train):
-      return perceptual_loss({**frozen, **train}, state.objective, batch['images'],
+      return perceptual_loss({**frozen, **train}, objective, batch['images'],
                              batch['styles'], spec=spec, prep=prep, net_dtype=net_dtype)
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(train)

@@ -21,6 +21,7 @@ Flag groups:
   network: --mode (new|add|finetune) --base_net --width
   loss:    --content_weight --style_weight --tv_weight --content_layers
            --style_layers --style_layer_weights --pooling --precision
+           --conv_algorithm
   run:     --steps --learning_rate --print_every --preview_every --preview_photos
            --preview_image --checkpoint_every --checkpoint --resume --output_net
 
@@ -77,6 +78,9 @@ flags.DEFINE_list('style_layer_weights', None, '[loss] Per-style-layer factors (
 flags.DEFINE_enum('pooling', 'max', ['max', 'avg'], '[loss] VGG19 pooling.')
 flags.DEFINE_enum('precision', 'float32', ['float32', 'bfloat16'],
                   '[loss] bfloat16: mixed-precision convolutions (GPU/TPU).')
+flags.DEFINE_enum('conv_algorithm', 'auto', ['auto', 'xla', 'winograd'],
+                  "[loss] VGG19's layers of 128+ channels as Winograd F(4x4,3x3) convolutions "
+                  '(auto: on CPU in float32, where they are faster) or XLA\'s own.')
 # Run.
 flags.DEFINE_integer('steps', 2000, '[run] Training steps in all.')
 flags.DEFINE_float('learning_rate', 1e-3, '[run] Adam step size (1e-2 suits --mode=add).')
@@ -100,7 +104,7 @@ flags.DEFINE_integer('threads', 2, '[run] Photo-decoding threads.')
 _RUN_FLAGS = ('content_dir', 'crop_size', 'image_size', 'batch_size', 'seed', 'styles',
               'style_size', 'mode', 'base_net', 'width', 'content_weight', 'style_weight',
               'tv_weight', 'content_layers', 'style_layers', 'style_layer_weights',
-              'pooling', 'precision', 'learning_rate')
+              'pooling', 'precision', 'conv_algorithm', 'learning_rate')
 
 
 def _say(msg: str) -> None:
@@ -171,7 +175,8 @@ def _settings_from_flags() -> dict:
       tv_weight=FLAGS.tv_weight, content_layers=tuple(FLAGS.content_layers),
       style_layers=tuple(FLAGS.style_layers),
       style_layer_weights=_floats('style_layer_weights', FLAGS.style_layer_weights),
-      pooling=FLAGS.pooling, precision=FLAGS.precision, seed=FLAGS.seed)
+      pooling=FLAGS.pooling, precision=FLAGS.precision, conv_algorithm=FLAGS.conv_algorithm,
+      seed=FLAGS.seed)
   if not FLAGS.content_dir:
     raise config_lib.ConfigError('--content_dir is required: a folder of photographs')
   if mode != 'new' and not FLAGS.base_net:
