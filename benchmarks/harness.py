@@ -227,15 +227,25 @@ def run_conv_floor(args: dict) -> dict:
   benchmark's image shape, in a ``fori_loop`` as the real chunk does
   (separate calls measured 5-15% slower): forward with 2x2 subsampling where
   the pools are, backward with the flipped kernels (as ``vgg.conv3x3``'s
-  VJP) and the subsampling's transpose.
+  VJP) and the subsampling's transpose. The wide layers run by Winograd
+  where the engine's default (``conv_algorithm='auto'``) does, or as
+  ``args['winograd']`` says.
   """
   import jax
   import jax.numpy as jnp
   from nst_jax import vgg
+  from nst_jax import winograd
   ws, content, _ = load_problem(args['content'], args['style'], args['size'])
-  params = jax.device_put(ws.params)
+  use_winograd = args.get('winograd', winograd.enabled('auto'))
+  params = jax.jit(lambda p: vgg.with_backward_kernels(p, winograd=use_winograd))(
+      jax.device_put(ws.params))
   names = vgg.CONV_NAMES[:vgg.CONV_NAMES.index('conv5_1') + 1]
   pooled = {n for n in names if n.endswith('_1') and n != 'conv1_1'}
+
+  def conv(x, layer, backward=False):
+    if 'winograd' in layer:
+      return winograd.conv(x, layer['winograd_t' if backward else 'winograd'])
+    return vgg.conv(x, layer['kernel_t' if backward else 'kernel'])
 
   def forward(x, p):
     shapes = []
@@ -243,13 +253,13 @@ def run_conv_floor(args: dict) -> dict:
       if name in pooled:
         shapes.append(x.shape)
         x = x[:, ::2, ::2]
-      x = vgg.conv(x, p[name]['kernel'])
+      x = conv(x, p[name])
     return x, shapes
 
   def forward_backward(x, p):
     g, shapes = forward(x, p)
     for name in reversed(names):
-      g = vgg.conv(g, vgg.backward_kernel(p[name]['kernel']))
+      g = conv(g, p[name], backward=True)
       if name in pooled:
         g = jnp.zeros(shapes.pop(), g.dtype).at[:, ::2, ::2].set(g)
     return g
@@ -275,7 +285,7 @@ def run_conv_floor(args: dict) -> dict:
   f = per_iteration_s(looped(lambda x, p: forward(x, p)[0]))
   total = per_iteration_s(looped(forward_backward))
   return {'forward_s': f, 'backward_s': total - f, 'total_s': total,
-          'convolutions': len(names)}
+          'convolutions': len(names), 'winograd': use_winograd}
 
 
 def run_child(side: str, args: dict, timeout: float = 3600) -> dict:

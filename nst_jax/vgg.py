@@ -66,7 +66,8 @@ def with_backward_kernels(params: Params, winograd: bool = False) -> dict:
 
   With ``winograd=True`` the wide layers (``winograd.wide_enough``) also get
   their Winograd-transformed kernels, ``'winograd'`` and ``'winograd_t'``,
-  and ``features`` runs those layers by ``nst_jax.winograd`` in float32.
+  and ``features`` runs those layers by ``nst_jax.winograd`` in float32 where
+  the feature map is large enough (``winograd.large_enough``).
   """
   out = {}
   for name, p in params.items():
@@ -231,7 +232,8 @@ def features(
       kind = name[:4]
       if kind == 'conv':
         p = block_params[name]
-        if 'winograd' in p and x.dtype == jnp.float32:
+        if ('winograd' in p and x.dtype == jnp.float32
+            and winograd_lib.large_enough(x.shape[1], x.shape[2])):
           x = winograd_lib.conv3x3(x, p['kernel'], p['bias'], p['winograd'], p['winograd_t'])
         else:
           x = conv3x3(x, p['kernel'], p['bias'], p.get('kernel_t'))

@@ -67,6 +67,17 @@ def wide_enough(cin: int, cout: int) -> bool:
   return min(cin, cout) >= MIN_CHANNELS
 
 
+# Below this many pixels per image a layer has too few tiles to pay for the
+# transforms: measured forward+input gradient at 512 channels, XLA vs
+# Winograd, 8.2 vs 11.3 ms at 6x8 and 18.8 vs 14.3 ms at 12x16.
+MIN_PIXELS = 128
+
+
+def large_enough(h: int, w: int) -> bool:
+  """Whether an ``h`` x ``w`` feature map has enough tiles for Winograd to pay."""
+  return h * w >= MIN_PIXELS
+
+
 def kernel_transform(kernel: jax.Array) -> jax.Array:
   """``G g G^T`` for every (Cin, Cout) pair.
 

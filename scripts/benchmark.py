@@ -357,6 +357,7 @@ def _markdown(report):
       lines.append(
           f'{e["shape"][1]}x{e["shape"][0]}: the {floor["convolutions"]} forward and '
           f'{floor["convolutions"]} backward convolutions of one iteration alone take '
+          f'{"(Winograd on the wide layers) " if floor.get("winograd") else ""}'
           f'{1000 * floor["total_s"]:.1f} ms (forward {1000 * floor["forward_s"]:.1f}, backward '
           f'{1000 * floor["backward_s"]:.1f}) with XLA; against the twin\'s {torch_ms:.1f} ms '
           f'per L-BFGS iteration that caps the ratio at {torch_ms / (1000 * floor["total_s"]):.2f}x '
