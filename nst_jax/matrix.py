@@ -94,11 +94,12 @@ def default_batch_size(h: int, w: int, config: StyleConfig, num_devices: int,
   cores). It is a multiple of ``num_devices`` so that the batch splits evenly.
   """
   platform = platform or jax.devices()[0].platform
-  per_problem = max(1, memory.estimate_peak_bytes(h, w, config) - memory.OVERHEAD_BYTES)
+  fixed = memory.fixed_bytes(config)
+  per_problem = max(1, memory.estimate_peak_bytes(h, w, config) - fixed)
   budget = memory.available_bytes() if budget is None else budget
   per_device = 1 << 30
   if budget is not None:
-    usable = 0.8 * budget - memory.OVERHEAD_BYTES
+    usable = 0.8 * budget - fixed
     # Accelerators report one device's memory; a CPU's devices share the host's.
     share = usable if platform != 'cpu' else usable / num_devices
     per_device = max(1, int(share // per_problem))

@@ -62,11 +62,18 @@ def estimate_peak_bytes(h: int, w: int, config, style_shapes=()) -> int:
   # without it (1024x768: 2.13 vs 2.14 GiB temp in the compiled chunk, peak
   # RSS 3.01 vs 3.00 GiB), where a 0.6 factor had predicted 2.5 GiB.
   factor = _ACTIVATION_FACTOR
-  # Counted wherever Winograd may run ('auto' is Winograd on CPU only: this
-  # module does not ask JAX for the backend, so on a GPU it overestimates).
+  return int(factor * act + opt + max(styles - act, 0) + fixed_bytes(config))
+
+
+def fixed_bytes(config) -> int:
+  """The part of ``estimate_peak_bytes`` that does not grow with the number
+  of problems run together: ``OVERHEAD_BYTES`` plus, wherever Winograd may
+  run, its transformed kernels (``'auto'`` is Winograd on CPU only; this
+  module does not ask JAX for the backend, so on a GPU it overestimates)."""
+  taps = tuple(config.content_layers) + tuple(config.style_layers)
   wino = (winograd_kernel_bytes(taps) if getattr(config, 'conv_algorithm', 'xla') != 'xla'
           and getattr(config, 'precision', 'float32') == 'float32' else 0)
-  return int(factor * act + opt + max(styles - act, 0) + wino + OVERHEAD_BYTES)
+  return wino + OVERHEAD_BYTES
 
 
 BAND_ROWS = (1024, 512, 256)  # band_rows that fitting_changes suggests, largest first

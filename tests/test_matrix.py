@@ -93,11 +93,14 @@ def test_default_batch_size_caps_cpu_pixels_and_memory():
   assert matrix.default_batch_size(384, 512, cfg, 1, 'cpu', budget=big) == 1
   assert matrix.default_batch_size(768, 1024, cfg, 4, 'cpu', budget=big) == 4
   # Accelerators: memory is the only limit, per device.
-  per_problem = memory.estimate_peak_bytes(384, 512, cfg) - memory.OVERHEAD_BYTES
-  budget = int((10 * per_problem + memory.OVERHEAD_BYTES) / 0.8) + 1
+  # The fixed part (overhead, Winograd kernels) is paid once, not per problem.
+  fixed = memory.fixed_bytes(cfg)
+  assert fixed > memory.OVERHEAD_BYTES  # conv_algorithm='auto' counts Winograd's kernels
+  per_problem = memory.estimate_peak_bytes(384, 512, cfg) - fixed
+  budget = int((10 * per_problem + fixed) / 0.8) + 1
   assert matrix.default_batch_size(384, 512, cfg, 1, 'gpu', budget=budget) == 10
   assert matrix.default_batch_size(384, 512, cfg, 8, 'gpu', budget=budget) == 80
   # A CPU host's memory is shared by its devices.
   assert matrix.default_batch_size(48, 64, cfg, 2, 'cpu', budget=budget) == 64
-  small = int((3 * memory.estimate_peak_bytes(48, 64, cfg) - 2 * memory.OVERHEAD_BYTES) / 0.8)
+  small = int((3 * (memory.estimate_peak_bytes(48, 64, cfg) - fixed) + fixed) / 0.8) + 1
   assert matrix.default_batch_size(48, 64, cfg, 1, 'cpu', budget=small) == 3

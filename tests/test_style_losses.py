@@ -465,8 +465,9 @@ def _images(n, seed=0):
 
 
 def test_engine_wires_style_loss_and_color_weight(caffe_weights):
-  from nst_jax import engine, transfer
-  assert engine.loss_spec(_tiny_config()) == losses.LossSpec(('relu2_1',), ('relu1_1', 'relu2_1'))
+  from nst_jax import engine, transfer, winograd
+  assert engine.loss_spec(_tiny_config()) == losses.LossSpec(
+      ('relu2_1',), ('relu1_1', 'relu2_1'), winograd=winograd.enabled('auto'))
   assert set(engine.loss_weights(_tiny_config(), engine.loss_spec(_tiny_config()))) == {
       'content', 'style', 'tv'}
   content, s1, s2 = _images(3)
