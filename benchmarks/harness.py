@@ -59,7 +59,8 @@ def run_jax(args: dict) -> dict:
     jax.config.update('jax_default_matmul_precision', args['matmul_precision'])
   ws, content, style = load_problem(args['content'], args['style'], args['size'])
   config = StyleConfig(optimizer=args['optimizer'], precision=args.get('precision', 'float32'),
-                       remat=args.get('remat', False), lbfgs_history=args['history'])
+                       remat=args.get('remat', False), lbfgs_history=args['history'],
+                       conv_algorithm=args.get('conv_algorithm', 'auto'))
   spec = engine.loss_spec(config)
   params = jax.device_put(ws.params)
   lw = losses.default_loss_weights(spec)
@@ -228,15 +229,15 @@ def run_conv_floor(args: dict) -> dict:
   (separate calls measured 5-15% slower): forward with 2x2 subsampling where
   the pools are, backward with the flipped kernels (as ``vgg.conv3x3``'s
   VJP) and the subsampling's transpose. The wide layers run by Winograd
-  where the engine's default (``conv_algorithm='auto'``) does, or as
-  ``args['winograd']`` says.
+  where ``args['conv_algorithm']`` (default ``'auto'``, the engine's default)
+  makes them.
   """
   import jax
   import jax.numpy as jnp
   from nst_jax import vgg
   from nst_jax import winograd
   ws, content, _ = load_problem(args['content'], args['style'], args['size'])
-  use_winograd = args.get('winograd', winograd.enabled('auto'))
+  use_winograd = winograd.enabled(args.get('conv_algorithm', 'auto'))
   params = jax.jit(lambda p: vgg.with_backward_kernels(p, winograd=use_winograd))(
       jax.device_put(ws.params))
   names = vgg.CONV_NAMES[:vgg.CONV_NAMES.index('conv5_1') + 1]

@@ -10,7 +10,15 @@ convolution into 36 independent matrix products ``[tiles, Cin] x [Cin, Cout]``
 Why it is here: XLA's own CPU convolution reaches about the speed of its
 float32 matrix products, so on CPU the 36 products plus the transforms beat
 it on VGG19's wide layers (128 channels and more): measured on a 2-core Intel
-Xeon at 512x384, 1.3x to 2x per layer for the forward and input-gradient pair.
+Xeon at 512x384, 1.3x to 2x per layer for the forward and input-gradient pair;
+on a 2-core AMD EPYC (Zen 4), forward alone, 1.8x at 96x128x256 and 2.8x at
+48x64x512, even at 190x254x128; VGG19 forward and image gradient to relu5_1
+at 512x384, 975 ms against XLA's 1492.
+
+The tiles are cut with reshapes and two concatenations, the transforms are
+additions along one tile axis at a time, and the 36 products are one batched
+``dot_general``: written as 36 strided slices and 36 separate products (the
+first version) the same network took 13 s to compile instead of 3 s.
 On the narrow early layers the transforms' memory traffic costs more than the
 multiplications saved, and on GPUs cuDNN picks its own algorithms, so
 ``vgg.with_backward_kernels(params, winograd=True)`` attaches Winograd

@@ -56,6 +56,9 @@ flags.DEFINE_integer('steady_warmup', -1, 'L-BFGS steady state: after the early 
 flags.DEFINE_list('steady_sizes', ['512'], 'Sizes at which the L-BFGS steady state is timed '
                   '(filling a history of 100 costs 100 iterations per side).')
 flags.DEFINE_bool('mixed_precision', False, 'Also run nst_jax with bfloat16 convolutions.')
+flags.DEFINE_enum('conv_algorithm', 'auto', ['auto', 'xla', 'winograd'],
+                  "nst_jax's VGG19 convolutions (StyleConfig.conv_algorithm): auto is "
+                  'Winograd on CPU in float32.')
 flags.DEFINE_bool('torch_compile', False, 'Also time torch.compile (GPU only is useful).')
 flags.DEFINE_bool('conv_floor', True, 'Also time the convolutions of one iteration alone '
                   '(a lower bound on nst_jax time per iteration).')
@@ -99,7 +102,8 @@ def _mb(b):
 def _bench_pair(content, style, size, optimizer, init_path, tmp):
   from benchmarks import harness as bm
   args = dict(content=content, style=style, size=size, optimizer=optimizer, init=init_path,
-              chunk=_chunk(size), repeats=FLAGS.repeats, history=FLAGS.history)
+              chunk=_chunk(size), repeats=FLAGS.repeats, history=FLAGS.history,
+              conv_algorithm=FLAGS.conv_algorithm)
   if optimizer == 'lbfgs' and str(size) in FLAGS.steady_sizes and FLAGS.steady_warmup:
     args['steady_warmup'] = FLAGS.history if FLAGS.steady_warmup < 0 else FLAGS.steady_warmup
   rows = [bm.run_child('jax', args)]
@@ -107,7 +111,7 @@ def _bench_pair(content, style, size, optimizer, init_path, tmp):
   if FLAGS.torch_compile:
     rows.append(bm.run_child('torch', dict(args, torch_compile=True)))
   if FLAGS.mixed_precision:
-    r = bm.run_child('jax', dict(args, precision='bfloat16'))
+    r = bm.run_child('jax', dict(args, precision='bfloat16', conv_algorithm='auto'))  # XLA's
     r['side'] = 'jax_bf16'
     rows.append(r)
   return rows
@@ -240,7 +244,7 @@ def main(argv):
   sizes = [int(s) for s in FLAGS.sizes]
   report = {'date': datetime.datetime.now().isoformat(timespec='seconds'),
             'cpu': bm.cpu_model(), 'cores': os.cpu_count(), 'content': content, 'style': style,
-            'note': FLAGS.note, 'results': []}
+            'note': FLAGS.note, 'conv_algorithm': FLAGS.conv_algorithm, 'results': []}
   print(f'nst_jax: benchmark on {report["cpu"]} ({report["cores"]} cores); '
         f'{Path(content).name} + {Path(style).name}', file=sys.stderr, flush=True)
   with tempfile.TemporaryDirectory() as tmp:
@@ -258,7 +262,8 @@ def main(argv):
               '(> 1e-4); not reporting speeds', file=sys.stderr)
         return 1
       if FLAGS.conv_floor:
-        floor = bm.run_child('conv_floor', dict(content=content, style=style, size=size))
+        floor = bm.run_child('conv_floor', dict(content=content, style=style, size=size,
+                                                conv_algorithm=FLAGS.conv_algorithm))
         report.setdefault('conv_floor', {})[str(size)] = floor
         print(f'{size}px convolutions alone: {1000 * floor["total_s"]:.1f} ms per iteration '
               f'(forward {1000 * floor["forward_s"]:.1f}, backward '
@@ -324,7 +329,8 @@ def _append_markdown(path: str, md: str) -> None:
 def _markdown(report):
   first = report['results'][0]['rows'] if report['results'] else [{}]
   lines = [f'### {report["date"]} — {report["cpu"]}, {report["cores"]} cores'
-           f'{" — " + report["note"] if report["note"] else ""}']
+           f'{" — " + report["note"] if report["note"] else ""}'
+           f' — nst_jax conv_algorithm={report.get("conv_algorithm", "auto")}']
   if report['results']:
     lines += ['', f'Device: {first[0].get("device", "?")}; versions: '
               f'{json.dumps({k: v for r in first for k, v in r.get("versions", {}).items()})}; '
@@ -357,9 +363,10 @@ def _markdown(report):
       lines.append(
           f'{e["shape"][1]}x{e["shape"][0]}: the {floor["convolutions"]} forward and '
           f'{floor["convolutions"]} backward convolutions of one iteration alone take '
-          f'{"(Winograd on the wide layers) " if floor.get("winograd") else ""}'
           f'{1000 * floor["total_s"]:.1f} ms (forward {1000 * floor["forward_s"]:.1f}, backward '
-          f'{1000 * floor["backward_s"]:.1f}) with XLA; against the twin\'s {torch_ms:.1f} ms '
+          f'{1000 * floor["backward_s"]:.1f}) with '
+          f'{"Winograd on the wide layers, XLA on the rest" if floor.get("winograd") else "XLA"}'
+          f'; against the twin\'s {torch_ms:.1f} ms '
           f'per L-BFGS iteration that caps the ratio at {torch_ms / (1000 * floor["total_s"]):.2f}x '
           'even if everything else were free.')
   for r in report.get('end_to_end', []):
