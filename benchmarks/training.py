@@ -21,7 +21,7 @@ import sys
 import time
 
 DEFAULTS = {'crop_size': 256, 'batch_size': 4, 'width': 32, 'repeats': 3,
-            'steps': 2, 'precision': 'float32', 'torch': True, 'json': None}
+            'steps': 2, 'precision': 'float32', 'conv_algorithm': 'auto', 'torch': True, 'json': None}
 
 
 def _jax_step(config, ws, images, styles, num_styles):
@@ -79,7 +79,8 @@ def run(flags: dict | None = None) -> dict:
   from nst_jax import cin_net, train, weights
   ws = weights.load()
   config = train.TrainConfig(crop_size=f['crop_size'], batch_size=f['batch_size'],
-                             width=f['width'], precision=f['precision'])
+                             width=f['width'], precision=f['precision'],
+                             conv_algorithm=f['conv_algorithm'])
   num_styles = 2
   rng = np.random.default_rng(1)
   images = rng.random((f['batch_size'], f['crop_size'], f['crop_size'], 3)).astype(np.float32)
@@ -107,7 +108,7 @@ def run(flags: dict | None = None) -> dict:
       'device': f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind} x '
                 f'{len(jax.devices())}, {os.cpu_count()} CPU cores',
       'crop_size': f['crop_size'], 'batch_size': f['batch_size'], 'width': f['width'],
-      'precision': f['precision'],
+      'precision': f['precision'], 'conv_algorithm': f['conv_algorithm'],
       'seconds_per_step': {k: statistics.median(v) for k, v in times.items()},
       'all_seconds_per_step': times,
   }
@@ -123,7 +124,8 @@ def markdown(results: dict) -> str:
   """A short markdown table of ``run``'s results."""
   r = results
   lines = [f'Training step, {r["crop_size"]}-px crops, batch {r["batch_size"]}, width '
-           f'{r["width"]}, {r["precision"]} ({r["device"]}):', '',
+           f'{r["width"]}, {r["precision"]}, nst_jax conv_algorithm='
+           f'{r.get("conv_algorithm", "auto")} ({r["device"]}):', '',
            '| | s/step | images/s |', '|---|---|---|']
   for k, v in r['seconds_per_step'].items():
     lines.append(f'| {k} | {v:.2f} | {r["images_per_sec"][k]:.2f} |')
