@@ -68,14 +68,21 @@ def with_backward_kernels(params: Params, winograd: bool = False) -> dict:
   their Winograd-transformed kernels, ``'winograd'`` and ``'winograd_t'``,
   and ``features`` runs those layers by ``nst_jax.winograd`` in float32 where
   the feature map is large enough (``winograd.large_enough``).
+
+  Layers that already carry these entries keep them, so a caller may attach
+  them once (e.g. training, where VGG19 is frozen) and a callee that attaches
+  them again costs nothing.
   """
   out = {}
   for name, p in params.items():
     if 'kernel' not in p:
       out[name] = p
       continue
-    q = {**p, 'kernel_t': backward_kernel(p['kernel'])}
-    if winograd and winograd_lib.wide_enough(*p['kernel'].shape[2:]):
+    q = dict(p)
+    if 'kernel_t' not in q:
+      q['kernel_t'] = backward_kernel(p['kernel'])
+    if (winograd and 'winograd' not in q
+        and winograd_lib.wide_enough(*p['kernel'].shape[2:])):
       q['winograd'] = winograd_lib.kernel_transform(p['kernel'])
       q['winograd_t'] = winograd_lib.kernel_transform(q['kernel_t'])
     out[name] = q
