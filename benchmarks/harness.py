@@ -62,7 +62,7 @@ def run_jax(args: dict) -> dict:
                        remat=args.get('remat', False), lbfgs_history=args['history'],
                        conv_algorithm=args.get('conv_algorithm', 'auto'))
   spec = engine.loss_spec(config)
-  params = jax.device_put(ws.params)
+  params = engine.vgg_params(spec, ws)  # as the engine's runs: kernels attached once
   lw = losses.default_loss_weights(spec)
   targets = jax.jit(functools.partial(losses.make_targets, spec=spec))(
       params, jnp.asarray(content), [jnp.asarray(style)], jnp.ones((1,), jnp.float32))
@@ -354,7 +354,7 @@ def run_jax_end_to_end(args: dict) -> dict:
   config = optimizers.resolved(StyleConfig(precision=args.get('precision', 'float32'),
                                            lbfgs_direction=args.get('direction', 'auto')))
   spec = engine.loss_spec(config)
-  params = jax.device_put(ws.params)
+  params = engine.vgg_params(spec, ws)
   lw = losses.default_loss_weights(spec)
   targets = jax.jit(functools.partial(losses.make_targets, spec=spec))(
       params, jnp.asarray(prep.apply(content)), [jnp.asarray(prep.apply(style))],

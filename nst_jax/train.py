@@ -562,8 +562,8 @@ def prepare(config: TrainConfig, styles: Sequence[Sequence[np.ndarray]],
              for l, g in grams.items()}
   # VGG19 is frozen: its backward (and, on CPU, Winograd) kernels are
   # attached once here, not in every step (~470 ms per step on 2 cores).
-  vgg_params = jax.jit(functools.partial(vgg.with_backward_kernels, winograd=spec.winograd))(
-      jax.device_put(ws.params))
+  vgg_params = vgg.with_backward_kernels_jitted(jax.device_put(ws.params),
+                                                winograd=spec.winograd)
   objective = {'vgg': vgg_params, 'grams': grams,
                'loss_weights': config.loss_weights()}
   which = trainable(params, config.mode, num_old)
