@@ -89,10 +89,10 @@ def with_backward_kernels(params: Params, winograd: bool = False) -> dict:
   return out
 
 
-
 # One compiled program per parameter structure and ``winograd``, shared by every
 # caller (a fresh ``jax.jit`` per run would compile again each time).
 with_backward_kernels_jitted = jax.jit(with_backward_kernels, static_argnames=('winograd',))
+
 
 @jax.custom_vjp
 def conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array,

@@ -14,16 +14,16 @@ Xeon at 512x384, 1.3x to 2x per layer for the forward and input-gradient pair;
 on a 2-core AMD EPYC (Zen 4), forward alone, 1.8x at 96x128x256 and 2.8x at
 48x64x512, even at 190x254x128; VGG19 forward and image gradient to relu5_1
 at 512x384, 975 ms against XLA's 1492.
-
-The tiles are cut with reshapes and two concatenations, the transforms are
-additions along one tile axis at a time, and the 36 products are one batched
-``dot_general``: written as 36 strided slices and 36 separate products (the
-first version) the same network took 13 s to compile instead of 3 s.
 On the narrow early layers the transforms' memory traffic costs more than the
 multiplications saved, and on GPUs cuDNN picks its own algorithms, so
 ``vgg.with_backward_kernels(params, winograd=True)`` attaches Winograd
 kernels to the wide layers only (``wide_enough``), and the run loop asks for
 them where ``enabled(config.conv_algorithm, config.precision)``.
+
+The tiles are cut with reshapes and two concatenations, the transforms are
+additions along one tile axis at a time, and the 36 products are one batched
+``dot_general``: written as 36 strided slices and 36 separate products (the
+first version) the same network took 13 s to compile instead of 3 s.
 
 Accuracy: the transforms' constants (1/4, 1/6, 1/24, ...) cost some float32
 precision. Against a float64 reference a layer's error is about 1e-5 of its
