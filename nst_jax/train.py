@@ -45,6 +45,7 @@ from nst_jax import losses
 from nst_jax import vgg
 from nst_jax import weights as weights_lib
 from nst_jax import winograd
+from nst_jax.config import CONV_ALGORITHMS
 from nst_jax.config import ConfigError
 
 MODES = ('new', 'add', 'finetune')
@@ -101,7 +102,7 @@ class TrainConfig:
         raise ConfigError(f'--{name} must be a finite number >= 0, got {v!r}')
     if self.precision not in ('float32', 'bfloat16'):
       raise ConfigError(f'--precision must be float32 or bfloat16, got {self.precision!r}')
-    if self.conv_algorithm not in ('auto', 'xla', 'winograd'):
+    if self.conv_algorithm not in CONV_ALGORITHMS:
       raise ConfigError(f'--conv_algorithm must be auto, xla or winograd, '
                         f'got {self.conv_algorithm!r}')
     if self.conv_algorithm == 'winograd' and self.precision != 'float32':

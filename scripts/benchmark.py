@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # The benchmarks package beside nst_jax.
 SHARED = ROOT.parent / 'shared' / 'data' / 'images'
 
+from nst_jax.config import CONV_ALGORITHMS  # pylint: disable=wrong-import-position
+
 flags.DEFINE_string('mode', 'gatys', 'gatys (this script\'s own benchmark) or the name of a '
                     'module in benchmarks/ with run(flags_dict) and markdown(results).')
 flags.DEFINE_list('sizes', ['256', '512', '1024'], 'Image sizes (longest side).')
@@ -56,7 +58,7 @@ flags.DEFINE_integer('steady_warmup', -1, 'L-BFGS steady state: after the early 
 flags.DEFINE_list('steady_sizes', ['512'], 'Sizes at which the L-BFGS steady state is timed '
                   '(filling a history of 100 costs 100 iterations per side).')
 flags.DEFINE_bool('mixed_precision', False, 'Also run nst_jax with bfloat16 convolutions.')
-flags.DEFINE_enum('conv_algorithm', 'auto', ['auto', 'xla', 'winograd'],
+flags.DEFINE_enum('conv_algorithm', 'auto', list(CONV_ALGORITHMS),
                   "nst_jax's VGG19 convolutions (StyleConfig.conv_algorithm): auto is "
                   'Winograd on CPU in float32.')
 flags.DEFINE_bool('torch_compile', False, 'Also time torch.compile (GPU only is useful).')
