@@ -178,7 +178,22 @@ def _pair_row(predict: dict, transform: dict, size: int) -> dict:
   return row
 
 
-def _batch_row(f) -> dict:
+def _with_batch_axis(model: bytes) -> bytes:
+  """The multistyle26 graph with its image batch of 1 made a free dimension."""
+  import onnx
+  graph = onnx.load_from_string(model)
+  for value in list(graph.graph.input[:1]) + list(graph.graph.output[:1]):
+    value.type.tensor_type.shape.dim[0].dim_param = 'batch'
+  return graph.SerializeToString()
+
+
+def _batch_row(f, models) -> dict:
+  """Frames in one batch against one at a time, on both sides.
+
+  onnxruntime's side is the wheel's multistyle26 graph with a free batch
+  axis: whether batching pays on this machine is a property of the hardware
+  as much as of either implementation, so both are measured.
+  """
   import jax
   import jax.numpy as jnp
   from nst_jax import cin_net
@@ -186,21 +201,33 @@ def _batch_row(f) -> dict:
   params, _ = realtime_weights.load_multistyle26()
   params = jax.device_put(params)
   n, size = f['batch'], f['batch_size']
-  frames = jnp.asarray(np.random.default_rng(1).uniform(size=(n, size, size, 3)), jnp.float32)
+  host_frames = np.random.default_rng(1).uniform(size=(n, size, size, 3)).astype(np.float32)
+  frames = jnp.asarray(host_frames)
   weights = jnp.zeros((n, 26)).at[:, f['style_index']].set(1.0)
   run = _jitted(cin_net.apply, True)
+  session = _ort_session(_with_batch_axis(models['multistyle26']))
+  nchw = np.ascontiguousarray(host_frames.transpose(0, 3, 1, 2))
+  ort_weights = np.asarray(weights[0])
   calls = {'batch': lambda: jax.block_until_ready(run(params, frames, weights)),
            'one_by_one': lambda: [jax.block_until_ready(run(params, frames[i:i + 1],
                                                             weights[i:i + 1]))
-                                  for i in range(n)]}
+                                  for i in range(n)],
+           'ort_batch': lambda: session.run(None, {'image': nchw, 'style_weights': ort_weights}),
+           'ort_one_by_one': lambda: [session.run(None, {'image': nchw[i:i + 1],
+                                                         'style_weights': ort_weights})
+                                      for i in range(n)]}
   seconds = _alternate(calls, max(3, f['calls'] // 3))
   row = {'frames': n, 'size': [size, size],
          'batch_ms_per_frame': 1e3 * seconds['batch'] / n,
          'one_by_one_ms_per_frame': 1e3 * seconds['one_by_one'] / n,
-         'speedup': seconds['one_by_one'] / seconds['batch']}
+         'speedup': seconds['one_by_one'] / seconds['batch'],
+         'ort_batch_ms_per_frame': 1e3 * seconds['ort_batch'] / n,
+         'ort_one_by_one_ms_per_frame': 1e3 * seconds['ort_one_by_one'] / n,
+         'ort_speedup': seconds['ort_one_by_one'] / seconds['ort_batch']}
   print(f'  batch of {n} at {size}: {row["batch_ms_per_frame"]:.1f} ms/frame, one by one '
-        f'{row["one_by_one_ms_per_frame"]:.1f} ms/frame, x{row["speedup"]:.2f}',
-        file=sys.stderr, flush=True)
+        f'{row["one_by_one_ms_per_frame"]:.1f} ms/frame, x{row["speedup"]:.2f}; onnxruntime '
+        f'{row["ort_batch_ms_per_frame"]:.1f} against {row["ort_one_by_one_ms_per_frame"]:.1f} '
+        f'ms/frame, x{row["ort_speedup"]:.2f}', file=sys.stderr, flush=True)
   return row
 
 
@@ -305,7 +332,7 @@ def run(flags: dict) -> dict:
   if f['arbitrary_sizes'] or f['predictor']:
     results['rows'] += _arbitrary_rows(f, models)
   if f['batch']:
-    results['batch'] = _batch_row(f)
+    results['batch'] = _batch_row(f, models)
   if f['first_call']:
     results['startup'] = _startup_row(f)
   if f['large']:
@@ -340,6 +367,11 @@ def markdown(results: dict) -> str:
     b = results['batch']
     lines += ['', f'Batch of {b["frames"]} frames at {b["size"][1]}x{b["size"][0]}: '
               f'{b["batch_ms_per_frame"]:.1f} ms per frame, one by one '
+              f'{b["one_by_one_ms_per_frame"]:.1f} ms per frame (x{b["speedup"]:.2f}); '
+              f'onnxruntime {b["ort_batch_ms_per_frame"]:.1f} against '
+              f'{b["ort_one_by_one_ms_per_frame"]:.1f} ms per frame '
+              f'(x{b["ort_speedup"]:.2f}).'
+              if 'ort_speedup' in b else
               f'{b["one_by_one_ms_per_frame"]:.1f} ms per frame (x{b["speedup"]:.2f}).']
   if 'startup' in results:
     s = results['startup']

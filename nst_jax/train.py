@@ -49,6 +49,7 @@ from nst_jax.config import CONV_ALGORITHMS
 from nst_jax.config import ConfigError
 
 MODES = ('new', 'add', 'finetune')
+LR_SCHEDULES = ('constant', 'cosine')
 CHECKPOINT_FORMAT = 'nst_jax.train.v1'
 
 
@@ -66,6 +67,11 @@ class TrainConfig:
   image_size: int = 512       # photos are resized to this longest side, then cropped
   style_size: int = 512       # longest side of the style images for the Gram targets
   learning_rate: float = 1e-3
+  # 'cosine': the step size falls from learning_rate to 0 over lr_decay_steps
+  # (0: over `steps`), then stays 0. The horizon is fixed when the run starts,
+  # so raising --steps on --resume does not reshape the schedule already run.
+  lr_schedule: str = 'constant'
+  lr_decay_steps: int = 0
   width: int = 32
   content_weight: float = 5.0
   style_weight: float = 100.0
@@ -100,6 +106,15 @@ class TrainConfig:
       v = getattr(self, name)
       if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
         raise ConfigError(f'--{name} must be a finite number >= 0, got {v!r}')
+    if self.lr_schedule not in LR_SCHEDULES:
+      raise ConfigError(f'--lr_schedule must be one of {", ".join(LR_SCHEDULES)}, '
+                        f'got {self.lr_schedule!r}')
+    if isinstance(self.lr_decay_steps, bool) or not isinstance(self.lr_decay_steps, int) \
+        or self.lr_decay_steps < 0:
+      raise ConfigError(f'--lr_decay_steps must be an integer >= 0 (0: --steps), '
+                        f'got {self.lr_decay_steps!r}')
+    if self.lr_schedule == 'cosine' and not self.lr_decay_steps:
+      object.__setattr__(self, 'lr_decay_steps', self.steps)
     if self.precision not in ('float32', 'bfloat16'):
       raise ConfigError(f'--precision must be float32 or bfloat16, got {self.precision!r}')
     if self.conv_algorithm not in CONV_ALGORITHMS:
@@ -237,9 +252,25 @@ class TrainState(NamedTuple):
   objective: dict            # {'vgg', 'grams', 'loss_weights'}
 
 
-def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
-  """Adam (Kingma & Ba 2015), as Johnson et al. 2016 and Dumoulin et al. 2017."""
-  return optax.adam(learning_rate)
+def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
+  """The step size at each step (``config.lr_schedule``)."""
+  if config.lr_schedule == 'cosine':
+    return optax.cosine_decay_schedule(config.learning_rate, config.lr_decay_steps)
+  return optax.constant_schedule(config.learning_rate)
+
+
+def make_optimizer(config: TrainConfig | float) -> optax.GradientTransformation:
+  """Adam (Kingma & Ba 2015), as Johnson et al. 2016 and Dumoulin et al. 2017.
+
+  Args:
+    config: the run's settings (learning rate and schedule), or a constant
+      learning rate.
+  """
+  if isinstance(config, TrainConfig):
+    if config.lr_schedule == 'constant':
+      return optax.adam(config.learning_rate)
+    return optax.adam(learning_rate_schedule(config))
+  return optax.adam(config)
 
 
 def init_state(params: Mapping[str, Any], objective: dict, which: Trainable,
@@ -295,7 +326,7 @@ def make_train_step(config: TrainConfig, which: Trainable, prep: weights_lib.Pre
   unchanged bit-for-bit (they are selected, not recomputed). ``metrics`` holds
   ``loss``, every loss term and ``grad_norm``.
   """
-  optimizer = optimizer or make_optimizer(config.learning_rate)
+  optimizer = optimizer or make_optimizer(config)
   spec = config.loss_spec
   net_dtype = None if config.precision == 'float32' else jnp.bfloat16
   rows = which.first_row
@@ -568,7 +599,7 @@ def prepare(config: TrainConfig, styles: Sequence[Sequence[np.ndarray]],
   objective = {'vgg': vgg_params, 'grams': grams,
                'loss_weights': config.loss_weights()}
   which = trainable(params, config.mode, num_old)
-  optimizer = make_optimizer(config.learning_rate)
+  optimizer = make_optimizer(config)
   mesh = make_mesh(devices)
   if config.batch_size % mesh.devices.size:
     raise ConfigError(f'--batch_size={config.batch_size} is not a multiple of the '

@@ -22,8 +22,9 @@ Flag groups:
   loss:    --content_weight --style_weight --tv_weight --content_layers
            --style_layers --style_layer_weights --pooling --precision
            --conv_algorithm
-  run:     --steps --learning_rate --print_every --preview_every --preview_photos
-           --preview_image --checkpoint_every --checkpoint --resume --output_net
+  run:     --steps --learning_rate --lr_schedule --lr_decay_steps --print_every
+           --preview_every --preview_photos --preview_image --checkpoint_every
+           --checkpoint --resume --output_net
 
 Every input is checked before anything compiles: an error is one line
 (`error: ...`), exit status 1, and nothing is written. An unreadable photo in
@@ -84,6 +85,11 @@ flags.DEFINE_enum('conv_algorithm', 'auto', ['auto', 'xla', 'winograd'],
 # Run.
 flags.DEFINE_integer('steps', 2000, '[run] Training steps in all.')
 flags.DEFINE_float('learning_rate', 1e-3, '[run] Adam step size (1e-2 suits --mode=add).')
+flags.DEFINE_enum('lr_schedule', 'constant', ['constant', 'cosine'], '[run] constant, or '
+                  'cosine: the step size falls from --learning_rate to 0 over the run '
+                  '(a lower loss for a fixed number of steps).')
+flags.DEFINE_integer('lr_decay_steps', 0, '[run] Steps of the cosine decay (0: --steps); '
+                     'fixed by the checkpoint, so --resume with more --steps keeps it.')
 flags.DEFINE_string('output_net', None, '[run] Where to write the trained network '
                     '(.safetensors, the format of the ported nets).')
 flags.DEFINE_integer('print_every', 10, '[run] Progress line every N steps.')
@@ -104,7 +110,8 @@ flags.DEFINE_integer('threads', 2, '[run] Photo-decoding threads.')
 _RUN_FLAGS = ('content_dir', 'crop_size', 'image_size', 'batch_size', 'seed', 'styles',
               'style_size', 'mode', 'base_net', 'width', 'content_weight', 'style_weight',
               'tv_weight', 'content_layers', 'style_layers', 'style_layer_weights',
-              'pooling', 'precision', 'conv_algorithm', 'learning_rate')
+              'pooling', 'precision', 'conv_algorithm', 'learning_rate', 'lr_schedule',
+              'lr_decay_steps')
 
 
 def _say(msg: str) -> None:
@@ -170,7 +177,8 @@ def _settings_from_flags() -> dict:
   config = train.TrainConfig(
       mode=mode, steps=FLAGS.steps, batch_size=FLAGS.batch_size, crop_size=FLAGS.crop_size,
       image_size=FLAGS.image_size, style_size=FLAGS.style_size,
-      learning_rate=FLAGS.learning_rate, width=FLAGS.width,
+      learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule,
+      lr_decay_steps=FLAGS.lr_decay_steps, width=FLAGS.width,
       content_weight=FLAGS.content_weight, style_weight=FLAGS.style_weight,
       tv_weight=FLAGS.tv_weight, content_layers=tuple(FLAGS.content_layers),
       style_layers=tuple(FLAGS.style_layers),
@@ -289,9 +297,12 @@ def _run() -> int:
     outs = train.stylize_preview(jax.device_get(state.params), preview, setup.style_ids)
     image_io.save_image(preview_path, _preview_sheet(preview, outs))
 
+  schedule = train.learning_rate_schedule(config)
+
   def progress(p):
     m = p.metrics
-    _say(f'step {p.step}/{p.steps}  loss {m["loss"]:.4g}  content {m["content"]:.4g}  '
+    lr = f'  lr {float(schedule(p.step)):.3g}' if config.lr_schedule != 'constant' else ''
+    _say(f'step {p.step}/{p.steps}{lr}  loss {m["loss"]:.4g}  content {m["content"]:.4g}  '
          f'style {m["style"]:.4g}  tv {m["tv"]:.4g}  {p.steps_per_sec:.2f} steps/s '
          f'({p.steps_per_sec * config.batch_size:.1f} img/s)  ETA {_duration(p.eta_seconds)}')
 

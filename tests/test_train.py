@@ -1,6 +1,7 @@
 """Training real-time networks: gradient parity with PyTorch, frozen styles, resume,
 data-parallel sharding, the photo pipeline and the script's errors."""
 
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from nst_jax import cin_net
+from nst_jax import config as config_lib
 from nst_jax import photo_data
 from nst_jax import train
 from nst_jax import weights as weights_lib
@@ -93,7 +95,7 @@ def test_loss_and_gradients_match_pytorch(random_params):
 
 def _tiny_run(config, params, obj, which, steps, start_state=None, step=None):
   """Runs to ``steps`` on deterministic random batches of the trainable styles."""
-  opt = train.make_optimizer(config.learning_rate)
+  opt = train.make_optimizer(config)
   step = step or train.make_train_step(config, which, PREP, opt)
   state = start_state or train.init_state(params, obj, which, opt)
   style_ids = range(which.first_row, cin_net.num_styles_of(params))
@@ -134,8 +136,10 @@ def test_add_mode_keeps_old_styles_bit_identical(random_params):
   np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
 
 
-def test_resume_equals_uninterrupted(random_params, tmp_path):
-  config = train.TrainConfig(width=8, crop_size=32, batch_size=2, learning_rate=1e-2)
+@pytest.mark.parametrize('schedule', ['constant', 'cosine'])
+def test_resume_equals_uninterrupted(random_params, tmp_path, schedule):
+  config = train.TrainConfig(width=8, crop_size=32, batch_size=2, learning_rate=1e-2,
+                             steps=4, lr_schedule=schedule)
   obj = _objective(random_params, config, 2)
   params = cin_net.init_params(jax.random.key(0), 2, 8)
   which = train.trainable(params, 'new')
@@ -145,12 +149,28 @@ def test_resume_equals_uninterrupted(random_params, tmp_path):
   ckpt = tmp_path / 'run.ckpt.npz'
   train.save_checkpoint(ckpt, half, {'note': 'test'})
   meta, leaves = train.read_checkpoint(ckpt)
-  template = train.init_state(params, obj, which, train.make_optimizer(config.learning_rate))
+  template = train.init_state(params, obj, which, train.make_optimizer(config))
   resumed = _tiny_run(config, params, obj, which, 4,
                       train.restore_state(template, leaves, meta['step']), step=step)
   for a, b in zip(jax.tree.leaves((straight.params, straight.opt_state)),
                   jax.tree.leaves((resumed.params, resumed.opt_state))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_cosine_schedule_closed_form():
+  config = train.TrainConfig(learning_rate=0.02, steps=100, lr_schedule='cosine')
+  assert config.lr_decay_steps == 100  # 0 means --steps, fixed when the run starts
+  schedule = train.learning_rate_schedule(config)
+  for t in (0, 25, 50, 99, 100, 150):
+    expected = 0.02 * 0.5 * (1 + math.cos(math.pi * min(t, 100) / 100))
+    assert float(schedule(t)) == pytest.approx(expected, rel=1e-6, abs=1e-9)
+  # --resume with more --steps keeps the horizon the run started with.
+  resumed = train.TrainConfig.from_dict({**config.to_dict(), 'steps': 300})
+  assert resumed.lr_decay_steps == 100
+  assert float(train.learning_rate_schedule(resumed)(200)) == 0.0
+  assert float(train.learning_rate_schedule(train.TrainConfig(learning_rate=0.02))(50)) == 0.02
+  with pytest.raises(config_lib.ConfigError, match='--lr_schedule'):
+    train.TrainConfig(lr_schedule='step')
 
 
 _SHARDED = textwrap.dedent('''
