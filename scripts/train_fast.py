@@ -86,8 +86,8 @@ flags.DEFINE_enum('conv_algorithm', 'auto', ['auto', 'xla', 'winograd'],
 flags.DEFINE_integer('steps', 2000, '[run] Training steps in all.')
 flags.DEFINE_float('learning_rate', 1e-3, '[run] Adam step size (1e-2 suits --mode=add).')
 flags.DEFINE_enum('lr_schedule', 'constant', ['constant', 'cosine'], '[run] constant, or '
-                  'cosine: the step size falls from --learning_rate to 0 over the run '
-                  '(a lower loss for a fixed number of steps).')
+                  'cosine: the step size falls from --learning_rate to 0 over the run, which '
+                  'allows a larger starting rate for a fixed budget of steps.')
 flags.DEFINE_integer('lr_decay_steps', 0, '[run] Steps of the cosine decay (0: --steps); '
                      'fixed by the checkpoint, so --resume with more --steps keeps it.')
 flags.DEFINE_string('output_net', None, '[run] Where to write the trained network '
