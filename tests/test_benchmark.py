@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -104,3 +105,36 @@ def test_realtime_benchmark_rows_and_the_arbitrary_pair():
     assert pair[side] == pytest.approx(sum(p[side] for p in parts))
   assert pair['ratio'] == pytest.approx(pair['onnxruntime_ms'] / pair['nst_jax_ms'])
   assert '| arbitrary pair | 64x64 |' in realtime.markdown(results)
+
+
+def test_realtime_batch_row_runs_the_same_network_on_both_sides():
+  """The batch row's onnxruntime side (the wheel's graph with its batch axis freed)
+  computes what nst_jax does, frame by frame, within the parity tolerance 1e-4."""
+  pytest.importorskip('onnxruntime')
+  pytest.importorskip('onnx')
+  import jax.numpy as jnp
+  from benchmarks import realtime
+  from nst_jax import cin_net, realtime_weights
+  models = realtime._models()
+  session = realtime._ort_session(realtime._with_batch_axis(models['multistyle26']))
+  frames = np.random.default_rng(3).uniform(size=(3, 36, 44, 3)).astype(np.float32)
+  weights = np.zeros(26, np.float32)
+  weights[7] = 1.0
+  got = session.run(None, {'image': np.ascontiguousarray(frames.transpose(0, 3, 1, 2)),
+                           'style_weights': weights})[0].transpose(0, 2, 3, 1)
+  params, _ = realtime_weights.load_multistyle26()
+  want = np.asarray(cin_net.apply(params, jnp.asarray(frames), jnp.asarray(weights)))
+  assert got.shape == want.shape
+  assert np.max(np.abs(got - want)) <= 1e-4
+  row = realtime._batch_row({'batch': 2, 'batch_size': 32, 'calls': 1, 'style_index': 19},
+                            models)
+  for key in ('batch_ms_per_frame', 'one_by_one_ms_per_frame', 'ort_batch_ms_per_frame',
+              'ort_one_by_one_ms_per_frame'):
+    assert row[key] > 0, key
+  assert 'onnxruntime' in realtime.markdown({**_results_stub(), 'batch': row})
+
+
+def _results_stub():
+  """The header fields `realtime.markdown` reads."""
+  return {'device': 'cpu:cpu', 'cpu': 'test', 'cores': 2, 'jax': '0', 'onnxruntime': '0',
+          'calls': 1, 'keep_freed_memory': False, 'rows': []}
