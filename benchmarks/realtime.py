@@ -56,14 +56,26 @@ def _ort_session(model: bytes, threads: int = 2):
   return ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
 
 
-def _with_input_size(model: bytes, height: int, width: int) -> bytes:
-  """The NHWC transformer graph with its fixed 384x384 input and output resized."""
+def _with_dims(model: bytes, dims: dict) -> bytes:
+  """The graph with dimensions of its first input and output replaced.
+
+  ``dims`` maps an axis to a size (int) or a free dimension's name (str).
+  """
   import onnx
   graph = onnx.load_from_string(model)
   for value in list(graph.graph.input[:1]) + list(graph.graph.output[:1]):
-    dims = value.type.tensor_type.shape.dim
-    dims[1].dim_value, dims[2].dim_value = height, width
+    shape = value.type.tensor_type.shape.dim
+    for axis, dim in dims.items():
+      if isinstance(dim, str):
+        shape[axis].dim_param = dim
+      else:
+        shape[axis].dim_value = dim
   return graph.SerializeToString()
+
+
+def _with_input_size(model: bytes, height: int, width: int) -> bytes:
+  """The NHWC transformer graph with its fixed 384x384 input and output resized."""
+  return _with_dims(model, {1: height, 2: width})
 
 
 def _models() -> dict[str, bytes]:
@@ -180,11 +192,7 @@ def _pair_row(predict: dict, transform: dict, size: int) -> dict:
 
 def _with_batch_axis(model: bytes) -> bytes:
   """The multistyle26 graph with its image batch of 1 made a free dimension."""
-  import onnx
-  graph = onnx.load_from_string(model)
-  for value in list(graph.graph.input[:1]) + list(graph.graph.output[:1]):
-    value.type.tensor_type.shape.dim[0].dim_param = 'batch'
-  return graph.SerializeToString()
+  return _with_dims(model, {0: 'batch'})
 
 
 def _batch_row(f, models) -> dict:
