@@ -14,7 +14,8 @@ machine slows both sides alike (ratios are the figures to read):
   onnxruntime runs with 2 intra-op threads and spinning off; ``calls`` warm
   calls per side.
   ``plain`` (``--plain``) is nst_jax with ``small_conv``'s CPU plan switched off.
-* A batch of video frames against the same frames one at a time.
+* A batch of video frames (``realtime.stylize_builtin``; on the CPU split into
+  one call per core) against the same frames one call at a time.
 * First call at a new size (trace, compile, run) in a fresh process, without
   and then with JAX's persistent compilation cache (``startup``).
 * A 4096x3072 photo through multistyle26 in a fresh process: time and peak
@@ -198,27 +199,28 @@ def _with_batch_axis(model: bytes) -> bytes:
 def _batch_row(f, models) -> dict:
   """Frames in one batch against one at a time, on both sides.
 
+  nst_jax's side is what scripts and users call, ``realtime.stylize_builtin``
+  with host arrays in and out: a batch of ``batch`` frames (on the CPU, split
+  into one call per core, made concurrently) against one call per frame.
   onnxruntime's side is the wheel's multistyle26 graph with a free batch
-  axis: whether batching pays on this machine is a property of the hardware
-  as much as of either implementation, so both are measured.
+  axis, 8 frames in one ``run`` against 8 runs: whether batching pays on this
+  machine is a property of the hardware as much as of either implementation,
+  so both are measured.
   """
   import jax
-  import jax.numpy as jnp
-  from nst_jax import cin_net
+  from nst_jax import realtime
   from nst_jax import realtime_weights
   params, _ = realtime_weights.load_multistyle26()
-  params = jax.device_put(params)
+  params = jax.device_put(params)  # once, as a video run does
   n, size = f['batch'], f['batch_size']
-  host_frames = np.random.default_rng(1).uniform(size=(n, size, size, 3)).astype(np.float32)
-  frames = jnp.asarray(host_frames)
-  weights = jnp.zeros((n, 26)).at[:, f['style_index']].set(1.0)
-  run = _jitted(cin_net.apply, True)
+  frames = np.random.default_rng(1).uniform(size=(n, size, size, 3)).astype(np.float32)
+  style = f['style_index']
   session = _ort_session(_with_batch_axis(models['multistyle26']))
-  nchw = np.ascontiguousarray(host_frames.transpose(0, 3, 1, 2))
-  ort_weights = np.asarray(weights[0])
-  calls = {'batch': lambda: jax.block_until_ready(run(params, frames, weights)),
-           'one_by_one': lambda: [jax.block_until_ready(run(params, frames[i:i + 1],
-                                                            weights[i:i + 1]))
+  nchw = np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
+  ort_weights = np.zeros(26, np.float32)
+  ort_weights[style] = 1.0
+  calls = {'batch': lambda: realtime.stylize_builtin(params, frames, style, batch_size=n),
+           'one_by_one': lambda: [realtime.stylize_builtin(params, frames[i], style)
                                   for i in range(n)],
            'ort_batch': lambda: session.run(None, {'image': nchw, 'style_weights': ort_weights}),
            'ort_one_by_one': lambda: [session.run(None, {'image': nchw[i:i + 1],

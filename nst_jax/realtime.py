@@ -14,7 +14,9 @@ Both networks are fully convolutional: they run at the resolution of the
 arrays they are given (no fixed 384 px and upscaling). Batches of images of
 one size go through one compiled program, in chunks of ``batch_size`` (the
 last chunk is padded so that it reuses the same program); a new image size
-compiles once. Weights are passed in (``realtime_weights`` loads the
+compiles once. On the CPU each chunk is split across the cores, one call in
+flight per core (`_run_in_chunks`): that, not the batch axis, is what makes a
+batch faster per image there. Weights are passed in (``realtime_weights`` loads the
 pretrained ones, ``cin_net.load`` a trained net), never captured as
 constants.
 
@@ -41,8 +43,10 @@ the argument in backticks (`strength`), which scripts show as their flag.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import numbers
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -58,6 +62,10 @@ PREDICTOR_SIZE = 256
 MIN_SIDE = 16
 PRECISIONS = ('float32', 'bfloat16')
 DEFAULT_BATCH_SIZE = 8
+# On the CPU, images of up to this many pixels (1920 x 1080 and a little more)
+# are run several at once, one per core (`_run_in_chunks`); larger ones one at
+# a time, so that a batch of photographs needs no more memory than one.
+CONCURRENT_MAX_PIXELS = 1 << 21
 
 
 class RealtimeError(ValueError):
@@ -202,25 +210,62 @@ def _device_params(params):
   return jax.tree.map(jnp.asarray, dict(params))
 
 
+def _lanes(images: np.ndarray, chunk: int) -> int:
+  """How many calls of ``chunk`` images to keep in flight at once (see `_run_in_chunks`)."""
+  import jax
+  b, h, w = images.shape[:3]
+  if jax.default_backend() != 'cpu' or chunk < 2 or h * w > CONCURRENT_MAX_PIXELS:
+    return 1
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    cores = os.cpu_count() or 1
+  return max(1, min(cores, chunk))
+
+
 def _run_in_chunks(run: Callable, images: np.ndarray, per_image: Sequence[np.ndarray],
                    batch_size: int) -> np.ndarray:
   """``run(images_chunk, *per_image_chunks)`` over fixed-size chunks of the batch.
 
-  Every chunk has the same shape (the last is padded by repeating its last
+  Every call has the same shape (the last is padded by repeating its last
   image and the padding dropped), so one compiled program serves them all.
-  The next chunk is dispatched before the previous one is copied back.
+
+  On a GPU or TPU a chunk of ``batch_size`` images is one call, and the next
+  chunk is dispatched before the previous one is copied back. On the CPU
+  each image is its own call, and as many calls as there are cores
+  (``_lanes``) run at once from a pool of threads: XLA's CPU program for
+  these networks keeps only 1.1-1.5 cores busy (its small strip convolutions
+  run one after another), so a batch in one call is no faster per image than
+  one image, while two single-image calls in flight on 2 cores are 1.4-1.75x
+  faster (``benchmarks/RESULTS.md``). Images larger than
+  ``CONCURRENT_MAX_PIXELS`` are never run concurrently, so that a batch of
+  photographs needs no more memory than one.
   """
   b = images.shape[0]
   chunk = min(batch_size, b)
-  outputs, pending = [], None
-  for start in range(0, b, chunk):
-    stop = min(start + chunk, b)
-    take = np.minimum(np.arange(start, start + chunk), stop - 1)
-    result = run(images[take], *(x[take] for x in per_image))
-    if pending is not None:
-      outputs.append(np.asarray(pending[0])[:pending[1]])
-    pending = (result, stop - start)
-  outputs.append(np.asarray(pending[0])[:pending[1]])
+  lanes = _lanes(images, chunk)
+  per_call = chunk if lanes == 1 else 1
+
+  def call(start):
+    stop = min(start + per_call, b)
+    take = np.minimum(np.arange(start, start + per_call), stop - 1)
+    return run(images[take], *(x[take] for x in per_image)), stop - start
+
+  starts = range(0, b, per_call)
+  if lanes > 1:
+    def fetch(start):
+      result, n = call(start)
+      return np.asarray(result)[:n]
+    with concurrent.futures.ThreadPoolExecutor(lanes) as pool:
+      outputs = list(pool.map(fetch, starts))
+  else:
+    outputs, pending = [], None
+    for start in starts:
+      result = call(start)
+      if pending is not None:
+        outputs.append(np.asarray(pending[0])[:pending[1]])
+      pending = result
+    outputs.append(np.asarray(pending[0])[:pending[1]])
   return np.concatenate(outputs).astype(np.float32, copy=False)
 
 

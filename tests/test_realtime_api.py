@@ -1,5 +1,7 @@
 """nst_jax.realtime against the networks called directly (random weights, tiny images)."""
 
+import threading
+
 import jax
 import numpy as np
 import pytest
@@ -80,6 +82,38 @@ def test_builtin_batch_equals_one_by_one(cin_params):
   per_image = realtime.stylize_builtin(cin_params, x, np.eye(26, dtype=np.float32)[:5])
   np.testing.assert_allclose(per_image[4], realtime.stylize_builtin(cin_params, x[4], 4),
                              atol=TOL)
+
+
+def test_cpu_batch_runs_one_call_per_core_and_equals_one_call_at_a_time(cin_params,
+                                                                      monkeypatch):
+  # On the CPU a chunk is split into one call per core, made from that many
+  # threads; the result must be the sequential one, image for image.
+  monkeypatch.setattr(realtime.os, 'sched_getaffinity', lambda pid: {0, 1}, raising=False)
+  calls = []
+  program = realtime._builtin_program
+
+  def recording(dtype_name):
+    run = program(dtype_name)
+
+    def wrapped(params, images, *args):
+      calls.append((images.shape[0], threading.get_ident()))
+      return run(params, images, *args)
+    return wrapped
+
+  monkeypatch.setattr(realtime, '_builtin_program', recording)
+  x = _images(5, seed=3)
+  style = np.eye(26, dtype=np.float32)[[1, 7, 2, 9, 4]]  # a different style per image
+  concurrent = realtime.stylize_builtin(cin_params, x, style, batch_size=4)
+  assert [n for n, _ in calls] == [1] * 5, calls  # one call per image
+  assert len({thread for _, thread in calls}) >= 2, 'the calls were not made from two threads'
+  calls.clear()
+  monkeypatch.setattr(realtime, 'CONCURRENT_MAX_PIXELS', 0)  # one call per chunk, in order
+  sequential = realtime.stylize_builtin(cin_params, x, style, batch_size=4)
+  assert sorted(n for n, _ in calls) == [4, 4], calls
+  np.testing.assert_allclose(concurrent, sequential, atol=TOL)
+  for i in range(5):
+    np.testing.assert_allclose(concurrent[i], realtime.stylize_builtin(cin_params, x[i], style[i]),
+                               atol=TOL)
 
 
 def test_preserve_colors_keeps_the_content_chroma(cin_params):
