@@ -303,7 +303,8 @@ def stylize_builtin(params: Mapping, images, style=0, *, strength: float = 1.0,
       module docstring).
     preserve_colors: keep the content's colours (`color.original_colors`).
     precision: 'float32' or 'bfloat16'.
-    batch_size: images per compiled call.
+    batch_size: images per compiled call on a GPU or TPU; on a CPU, images per
+      round of single-image calls made one per core at once (`_run_in_chunks`).
   Returns:
     float32 RGB in [0, 1], the shape of ``images``.
   Raises:
@@ -346,7 +347,7 @@ def style_sheet(params: Mapping, image, *, columns: int = 7, precision: str = 'f
     image: [H, W, 3] RGB in [0, 1], at the size each tile should have.
     columns: tiles per row.
     precision: 'float32' or 'bfloat16'.
-    batch_size: styles per compiled call.
+    batch_size: styles per compiled call (as for `stylize_builtin`).
     style_names: optional names of the styles, in order.
   Returns:
     ``nst_jax.sheet.Sheet``; its ``image`` is the sheet as float32 RGB.

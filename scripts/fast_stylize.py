@@ -70,7 +70,8 @@ flags.DEFINE_integer('image_size', None, 'Longest side of the output, px; 0 keep
 flags.DEFINE_enum('precision', 'float32', ['float32', 'bfloat16'], 'bfloat16: faster on '
                   'GPUs and TPUs.')
 flags.DEFINE_integer('batch_size', 8, 'Images of one size, video frames or sheet styles per '
-                     'compiled call.')
+                     'compiled call (on a CPU: per round of single-image calls, one per '
+                     'core at once).')
 
 HELP_GROUPS = (
     ('Inputs and outputs', ('content_image', 'input_dir', 'output_image', 'output_dir', 'video',
