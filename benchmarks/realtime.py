@@ -45,7 +45,26 @@ DEFAULTS = {
     'large': True, 'large_size': [3072, 4096],  # height, width
     'style_index': 19,
     'keep_freed_memory': True,  # nst_jax.host_memory, as the scripts do
+    'parallel_convolutions': True,  # nst_jax.xla_cpu, as fast_stylize.py does
 }
+
+# The process settings that scripts/fast_stylize.py makes before JAX runs.
+_PROCESS_SETTINGS = ('keep_freed_memory', 'parallel_convolutions')
+
+
+def _process_setup(settings: dict) -> dict:
+  """Applies the process settings named true in ``settings``; returns which took effect.
+
+  Call before JAX's first computation (both act on the whole process).
+  """
+  from nst_jax import host_memory
+  from nst_jax import xla_cpu
+  done = {'keep_freed_memory': False, 'parallel_convolutions': False}
+  if settings.get('keep_freed_memory', True):
+    done['keep_freed_memory'] = host_memory.keep_freed_memory()
+  if settings.get('parallel_convolutions', True):
+    done['parallel_convolutions'] = xla_cpu.parallel_convolutions()
+  return done
 
 
 def _ort_session(model: bytes, threads: int = 2):
@@ -265,9 +284,7 @@ def _peak_rss_bytes() -> int:
 def _child_main(kind: str, args: dict) -> dict:
   """In a fresh process: the first call at a new size, or the large photo."""
   start = time.perf_counter()
-  from nst_jax import host_memory
-  if args.get('keep_freed_memory', True):
-    host_memory.keep_freed_memory()
+  _process_setup(args)
   import jax
   if args.get('cache_dir'):
     jax.config.update('jax_compilation_cache_dir', args['cache_dir'])
@@ -298,10 +315,10 @@ def _child_main(kind: str, args: dict) -> dict:
 def _startup_row(f) -> dict:
   size = list(f['first_call_size'])
   with tempfile.TemporaryDirectory() as cache:
-    keep = f['keep_freed_memory']
-    cold = _child('startup', {'size': size, 'keep_freed_memory': keep})
-    _child('startup', {'size': size, 'cache_dir': cache, 'keep_freed_memory': keep})  # fills it
-    warm = _child('startup', {'size': size, 'cache_dir': cache, 'keep_freed_memory': keep})
+    setup = {k: f[k] for k in _PROCESS_SETTINGS}
+    cold = _child('startup', {'size': size, **setup})
+    _child('startup', {'size': size, 'cache_dir': cache, **setup})  # fills it
+    warm = _child('startup', {'size': size, 'cache_dir': cache, **setup})
   row = {'size': size, 'first_call_s': cold['first_call_s'],
          'first_call_cached_s': warm['first_call_s'], 'import_and_load_s': cold['import_and_load_s']}
   print(f'  first call at {size[0]}x{size[1]}: {row["first_call_s"]:.2f} s, with the '
@@ -311,7 +328,7 @@ def _startup_row(f) -> dict:
 
 def _large_row(f) -> dict:
   got = _child('large', {'size': list(f['large_size']),
-                         'keep_freed_memory': f['keep_freed_memory']})
+                         **{k: f[k] for k in _PROCESS_SETTINGS}})
   row = {'size': list(f['large_size']), **got}
   print(f'  {row["size"][1]}x{row["size"][0]} photo: first call {got["first_call_s"]:.1f} s, '
         f'warm {got["warm_call_s"]:.1f} s, peak RSS {got["peak_rss_bytes"] / 2**30:.2f} GiB',
@@ -328,14 +345,13 @@ def run(flags: dict) -> dict:
   f = {**DEFAULTS, **{k: v for k, v in (flags or {}).items() if k in DEFAULTS and v is not None}}
   f['sizes'] = [int(v) for v in f['sizes']]
   f['arbitrary_sizes'] = [int(v) for v in f['arbitrary_sizes']]
-  from nst_jax import host_memory
-  kept = f['keep_freed_memory'] and host_memory.keep_freed_memory()  # before JAX runs
+  setup = _process_setup(f)  # before JAX runs
   import jax
   import onnxruntime
   results = {'device': f'{jax.devices()[0].platform}:{jax.devices()[0].device_kind}',
              'cpu': _cpu_model(), 'cores': os.cpu_count(), 'jax': jax.__version__,
              'onnxruntime': onnxruntime.__version__, 'calls': f['calls'],
-             'keep_freed_memory': kept, 'rows': []}
+             **setup, 'rows': []}
   models = _models()
   if f['sizes']:
     results['rows'] += _multistyle26_rows(f, models)
@@ -366,7 +382,8 @@ def markdown(results: dict) -> str:
   lines = [f'Device {results["device"]} ({results["cpu"]}, {results["cores"]} cores), '
            f'jax {results["jax"]}, onnxruntime {results["onnxruntime"]} (2 threads, no '
            f'spinning); median of {results["calls"]} warm calls, alternating; '
-           f'keep_freed_memory {results.get("keep_freed_memory")}.', '',
+           f'keep_freed_memory {results.get("keep_freed_memory")}, parallel_convolutions '
+           f'{results.get("parallel_convolutions")}.', '',
            '| network | size | nst_jax ms | onnxruntime ms | onnxruntime / nst_jax | plain nst_jax ms |',
            '|---|---|---|---|---|---|']
   for r in results['rows']:
@@ -408,4 +425,6 @@ if __name__ == '__main__':
       'first_call': 'Time the first call at a new size.',
       'large': 'Run the 4096x3072 photo.',
       'keep_freed_memory': 'nst_jax.host_memory.keep_freed_memory() first, as the scripts do.',
+      'parallel_convolutions': 'nst_jax.xla_cpu.parallel_convolutions() first (XLA convolutions '
+                               'on all cores), as fast_stylize.py does.',
   }, json_flag='output_json', json_default='benchmarks/realtime_cpu_2core.json')

@@ -15,8 +15,8 @@ arrays they are given (no fixed 384 px and upscaling). Batches of images of
 one size go through one compiled program, in chunks of ``batch_size`` (the
 last chunk is padded so that it reuses the same program); a new image size
 compiles once. On the CPU each chunk is split across the cores, one call in
-flight per core (`_run_in_chunks`): that, not the batch axis, is what makes a
-batch faster per image there. Weights are passed in (``realtime_weights`` loads the
+flight per core (`_run_in_chunks`), so that a batch keeps every core busy
+even where one call would not. Weights are passed in (``realtime_weights`` loads the
 pretrained ones, ``cin_net.load`` a trained net), never captured as
 constants.
 
@@ -233,13 +233,16 @@ def _run_in_chunks(run: Callable, images: np.ndarray, per_image: Sequence[np.nda
   On a GPU or TPU a chunk of ``batch_size`` images is one call, and the next
   chunk is dispatched before the previous one is copied back. On the CPU
   each image is its own call, and as many calls as there are cores
-  (``_lanes``) run at once from a pool of threads: XLA's CPU program for
-  these networks keeps only 1.1-1.5 cores busy (its small strip convolutions
-  run one after another), so a batch in one call is no faster per image than
-  one image, while two single-image calls in flight on 2 cores are 1.4-1.75x
-  faster (``benchmarks/RESULTS.md``). Images larger than
-  ``CONCURRENT_MAX_PIXELS`` are never run concurrently, so that a batch of
-  photographs needs no more memory than one.
+  (``_lanes``) run at once from a pool of threads. With jaxlib's default
+  convolutions (YNNPACK, one thread each) one call keeps only 1.1-1.5 of 2
+  cores busy, so a batch in one call is no faster per image than one image,
+  while two single-image calls in flight are 1.35-1.8x faster. In a program
+  that sends the convolutions to Eigen's thread pool
+  (``nst_jax.xla_cpu.parallel_convolutions``, as the scripts do) one call
+  already uses ~1.9 cores and the threads neither gain nor lose
+  (``benchmarks/RESULTS.md``). Images larger than ``CONCURRENT_MAX_PIXELS``
+  are never run concurrently, so that a batch of photographs needs no more
+  memory than one.
   """
   b = images.shape[0]
   chunk = min(batch_size, b)

@@ -13,7 +13,10 @@ On CPU, therefore, the same arithmetic is rearranged:
 * **Row strips.** The output is computed a strip of rows at a time
   (``lax.map`` over (image, strip) pairs), each strip from its input rows
   plus a halo of k - stride rows. Strips of ~4k output pixels keep XLA on its
-  fast path and bound the temporary memory of a large photograph. Padding
+  fast path and bound the temporary memory of a large photograph; where a
+  program sends XLA's convolutions to Eigen on all cores
+  (``nst_jax.xla_cpu``), strips of 64k pixels are faster
+  (``default_strip_pixels``). Padding
   (reflect or edge) is gathered strip by strip, so no padded copy of an
   activation is laid out (``jnp.pad``'s reflect copy alone cost ~1/3 of a
   layer).
@@ -62,14 +65,33 @@ import numpy as np
 
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 
-# Output pixels per strip: below ~10k XLA's CPU convolution stays fast for
-# 8-128 channels (2-6x less CPU time than one call on 256^2 and larger);
-# 4096 measured best for the whole 26-style network at 256^2 and 512^2.
+# Output pixels per strip, by which library runs XLA's CPU convolutions.
+# YNNPACK (jaxlib 0.10.2's default, one thread per convolution): below ~10k
+# output pixels it stays fast for 8-128 channels (2-6x less CPU time than one
+# call on 256^2 and larger); 4096 measured best for the whole 26-style
+# network at 256^2 and 512^2.
 STRIP_PIXELS = 4096
+# Eigen on all cores (``nst_jax.xla_cpu.parallel_convolutions``): larger
+# strips give each convolution more to share out; 65536 measured best for
+# multistyle26 at 256^2-1024^2 and the arbitrary transformer (2026-12-05).
+PARALLEL_STRIP_PIXELS = 65536
 
 
 # Trace-time choices, changed only through ``settings`` (tests and benchmarks).
-_SETTINGS = {'fast': None, 'strip_pixels': STRIP_PIXELS}
+_SETTINGS = {'fast': None, 'strip_pixels': None}
+
+
+def default_strip_pixels() -> int:
+  """Output pixels per strip for functions traced now.
+
+  The ``settings`` override if any; else ``PARALLEL_STRIP_PIXELS`` where the
+  process's ``XLA_FLAGS`` send convolutions to Eigen's thread pool
+  (``nst_jax.xla_cpu``), ``STRIP_PIXELS`` otherwise.
+  """
+  if _SETTINGS['strip_pixels'] is not None:
+    return _SETTINGS['strip_pixels']
+  from nst_jax import xla_cpu
+  return PARALLEL_STRIP_PIXELS if xla_cpu.convolutions_are_parallel() else STRIP_PIXELS
 
 
 @contextlib.contextmanager
@@ -82,8 +104,8 @@ def settings(*, fast: bool | None = None,
 
   Args:
     fast: True or False forces the rewrites on or off (default: on for CPU).
-    strip_pixels: output pixels per strip (default ``STRIP_PIXELS``); small
-      values exercise the strips on small images.
+    strip_pixels: output pixels per strip (default: ``default_strip_pixels()``);
+      small values exercise the strips on small images.
   """
   if strip_pixels is not None and strip_pixels < 1:
     raise ValueError(f'strip_pixels must be positive, got {strip_pixels}')
@@ -297,7 +319,7 @@ def strip_conv(x: jax.Array, kernel: jax.Array, stride: int = 1, *,
   terms = ()
   if relu_of is not None:
     terms = tuple(jnp.broadcast_to(t, (b, cin)).astype(x.dtype) for t in relu_of)
-  pixels = _SETTINGS['strip_pixels'] if strip_pixels is None else strip_pixels
+  pixels = default_strip_pixels() if strip_pixels is None else strip_pixels
   (top, bottom), (left, right) = pad
   plan = _Strips(stride, ((top, bottom), (left, right)), mode, pixels)
   return _strip_conv(plan, x, kernel, *terms)
@@ -521,7 +543,7 @@ def _blocked_conv(x, kernel, f):
   x = x[:, :need_h, :need_w]
   x = jnp.pad(x, ((0, 0), (0, need_h - x.shape[1]), (0, need_w - x.shape[2]), (0, 0)))
   # Each blocked pixel is f * f image pixels.
-  strip_pixels = max(1, _SETTINGS['strip_pixels'] // (f * f))
+  strip_pixels = max(1, default_strip_pixels() // (f * f))
   return strip_conv(space_to_depth(x, f), big, 1, strip_pixels=strip_pixels)
 
 

@@ -435,7 +435,10 @@ def main(argv):
     return cli_support.fail(f'unexpected arguments {argv[1:]}; all options are --flags '
                             '(see --help)')
   from nst_jax import host_memory
-  host_memory.keep_freed_memory()  # before JAX runs (see nst_jax.host_memory)
+  from nst_jax import xla_cpu
+  # Both before JAX runs anything (see their module docstrings).
+  host_memory.keep_freed_memory()
+  xla_cpu.parallel_convolutions()
   from nst_jax import realtime
   from nst_jax import video
   try:

@@ -1,0 +1,52 @@
+"""Let XLA's CPU convolutions use every core: a process setting for programs.
+
+jaxlib 0.10.2 hands convolutions on the CPU to YNNPACK by default, and there
+each convolution runs on one thread. The real-time networks are made of small
+convolutions only, so one call of the 26-style network kept 1.1 (256 px) to
+1.5 (512 px) of 2 cores busy. With YNNPACK's fusions switched off
+(``--xla_cpu_experimental_ynn_fusion_type=``, an empty list), XLA runs the
+same convolutions with Eigen on its intra-op thread pool: 1.9 cores, and
+multistyle26 at 256 px took 25-28 ms instead of 39 on a 2-core AMD EPYC,
+and 20 L-BFGS iterations of the Gatys engine at 512 px 9.8 s instead of
+12.0 (``benchmarks/RESULTS.md``, 2026-12-05). A training step
+(``train_fast.py``) was no faster (1.49 against 1.47 steps/s), and slower
+with the 64k-pixel strips ``small_conv`` picks under this flag, so the
+training script leaves the flag alone.
+
+XLA reads ``XLA_FLAGS`` once, when JAX creates its CPU backend (the first
+computation, not ``import jax``), and the setting holds for the whole
+process, numerics included (the two libraries round differently, within
+float32 tolerance). So, like ``host_memory.keep_freed_memory``, this is for
+programs: ``scripts/`` (through ``cli_support.run``, or first thing in
+``main``) and ``benchmarks/`` call ``parallel_convolutions()``, all but
+``train_fast.py``. Library users who want the same start their program with
+``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= python ...``.
+"""
+
+from __future__ import annotations
+
+import os
+
+FLAG = '--xla_cpu_experimental_ynn_fusion_type='
+
+
+def parallel_convolutions() -> bool:
+  """Adds ``FLAG`` to ``XLA_FLAGS`` unless the user already chose a YNNPACK fusion type.
+
+  Must run before JAX's first computation in the process; later it changes
+  nothing (XLA has read its flags by then).
+
+  Returns:
+    True if ``XLA_FLAGS`` now switches YNNPACK's fusions off, False if the
+    user's own ``XLA_FLAGS`` sets the fusion type (left as it is).
+  """
+  flags = os.environ.get('XLA_FLAGS', '')
+  if FLAG.rstrip('=') in flags:
+    return FLAG in flags.split()
+  os.environ['XLA_FLAGS'] = f'{flags} {FLAG}'.strip()
+  return True
+
+
+def convolutions_are_parallel() -> bool:
+  """True if this process's ``XLA_FLAGS`` switch YNNPACK's fusions off (see the module docstring)."""
+  return FLAG in os.environ.get('XLA_FLAGS', '').split()
