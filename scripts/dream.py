@@ -131,8 +131,6 @@ def main(argv):
   cli_support.show_warnings_on_one_line()
   if len(argv) > 1:
     return cli_support.fail(f'unexpected arguments {argv[1:]}; all options are --flags')
-  from nst_jax import xla_cpu
-  xla_cpu.parallel_convolutions()  # before JAX runs anything (see nst_jax.xla_cpu)
   try:
     return _run()
   except cli_support.USER_ERRORS as e:
