@@ -16,9 +16,9 @@ one size go through one compiled program, in chunks of ``batch_size`` (the
 last chunk is padded so that it reuses the same program); a new image size
 compiles once. On the CPU each chunk is split across the cores, one call in
 flight per core (`_run_in_chunks`), so that a batch keeps every core busy
-even where one call would not. Weights are passed in (``realtime_weights`` loads the
-pretrained ones, ``cin_net.load`` a trained net), never captured as
-constants.
+even where one call would not. Weights are passed in (``realtime_weights``
+loads the pretrained ones, ``cin_net.load`` a trained net), never captured
+as constants.
 
 Options common to both:
 
@@ -213,7 +213,7 @@ def _device_params(params):
 def _lanes(images: np.ndarray, chunk: int) -> int:
   """How many calls of ``chunk`` images to keep in flight at once (see `_run_in_chunks`)."""
   import jax
-  b, h, w = images.shape[:3]
+  h, w = images.shape[1:3]
   if jax.default_backend() != 'cpu' or chunk < 2 or h * w > CONCURRENT_MAX_PIXELS:
     return 1
   try:
