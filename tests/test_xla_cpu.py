@@ -44,7 +44,7 @@ assert xla_cpu.parallel_convolutions()
 import jax
 from nst_jax import cin_net, small_conv
 params = cin_net.init_params(jax.random.key(0), num_styles=2, width=8)
-x = np.random.default_rng(0).uniform(size=(2, 40, 52, 3)).astype(np.float32)
+x = np.random.default_rng(0).uniform(size=(2, 300, 260, 3)).astype(np.float32)
 out = jax.jit(cin_net.apply)(params, x, np.array([0.3, 0.7], np.float32))
 print(json.dumps({'strip_pixels': small_conv.default_strip_pixels(),
                   'out': np.asarray(out).ravel().tolist()}))
@@ -52,16 +52,17 @@ print(json.dumps({'strip_pixels': small_conv.default_strip_pixels(),
 
 
 def test_network_with_parallel_convolutions_equals_the_default():
-  """In a fresh process with the flag (Eigen's convolutions, 64k-pixel strips)
-  the network computes what this process (YNNPACK, 4k strips) does, whose
-  outputs the parity tests hold to onnxruntime: float32 rounding, 1e-5."""
+  """In a fresh process with the flag (Eigen's convolutions, 64k-pixel strips:
+  two per full-resolution layer here) the network computes what this process
+  (YNNPACK, 4k strips) does, whose outputs the parity tests hold to
+  onnxruntime: float32 rounding, 1e-5."""
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   child = subprocess.run([sys.executable, '-c', _CHILD], capture_output=True, text=True,
                          env=env, timeout=300, check=True)
   got = json.loads(child.stdout.strip().splitlines()[-1])
   assert got['strip_pixels'] == small_conv.PARALLEL_STRIP_PIXELS
   params = cin_net.init_params(jax.random.key(0), num_styles=2, width=8)
-  x = np.random.default_rng(0).uniform(size=(2, 40, 52, 3)).astype(np.float32)
+  x = np.random.default_rng(0).uniform(size=(2, 300, 260, 3)).astype(np.float32)
   with small_conv.settings(strip_pixels=small_conv.STRIP_PIXELS):
     want = jax.jit(lambda *a: cin_net.apply(*a))(params, x, np.array([0.3, 0.7], np.float32))
   np.testing.assert_allclose(np.asarray(got['out']).reshape(want.shape), want, atol=1e-5)
