@@ -73,7 +73,8 @@ _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 STRIP_PIXELS = 4096
 # Eigen on all cores (``nst_jax.xla_cpu.parallel_convolutions``): larger
 # strips give each convolution more to share out; 65536 measured best for
-# multistyle26 at 256^2-1024^2 and the arbitrary transformer (2026-12-05).
+# multistyle26 at 256^2-1024^2 and the arbitrary transformer (2026-12-05,
+# swept with YNNPACK off altogether; not re-swept with its reductions kept).
 PARALLEL_STRIP_PIXELS = 65536
 
 

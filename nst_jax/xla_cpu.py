@@ -9,7 +9,7 @@ XLA runs the convolutions with Eigen on its intra-op thread pool (1.9
 cores) and keeps YNNPACK's reductions, which are the fast ones: an empty
 list (no YNNPACK at all) made the instance-norm statistics 6x slower (11.3
 against 1.9 ms at 512 px). On a 2-core AMD EPYC multistyle26 went from
-0.59-0.64x / 0.78-0.80x onnxruntime's speed at 256 / 512 px to 1.11-1.19x
+0.59-0.64x / 0.78-0.80x onnxruntime's speed at 256 / 512 px to 1.03-1.13x / 1.09-1.11x
 (``benchmarks/RESULTS.md``, 2026-12-05). With the empty list, the Gatys
 engine (20 L-BFGS or Adam iterations at 512x384 px: 897 against 963 and
 946 against 869 ms/iteration) and a training step of ``train_fast.py``
