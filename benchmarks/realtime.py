@@ -62,7 +62,7 @@ def _process_setup(settings: dict) -> dict:
   """
   from nst_jax import host_memory
   from nst_jax import xla_cpu
-  done = {'keep_freed_memory': False, 'parallel_convolutions': False}
+  done = dict.fromkeys(_PROCESS_SETTINGS, False)
   if settings.get('keep_freed_memory', True):
     done['keep_freed_memory'] = host_memory.keep_freed_memory()
   if settings.get('parallel_convolutions', True):
