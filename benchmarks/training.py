@@ -74,6 +74,10 @@ def run(flags: dict | None = None) -> dict:
   # scripts/benchmark.py --mode=training passes all its flags: keep ours.
   f = {**DEFAULTS, **{k: v for k, v in (flags or {}).items()
                       if k in DEFAULTS and v is not None}}
+  from nst_jax import host_memory
+  # As scripts/train_fast.py does, before JAX runs anything; the PyTorch twin
+  # shares the process, so it gets the same malloc settings.
+  kept = host_memory.keep_freed_memory()
   import jax
   import numpy as np
   from nst_jax import cin_net, train, weights
@@ -109,6 +113,7 @@ def run(flags: dict | None = None) -> dict:
                 f'{len(jax.devices())}, {os.cpu_count()} CPU cores',
       'crop_size': f['crop_size'], 'batch_size': f['batch_size'], 'width': f['width'],
       'precision': f['precision'], 'conv_algorithm': f['conv_algorithm'],
+      'keep_freed_memory': kept,
       'seconds_per_step': {k: statistics.median(v) for k, v in times.items()},
       'all_seconds_per_step': times,
   }
