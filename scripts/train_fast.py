@@ -283,7 +283,9 @@ def _run() -> int:
     state = train.replicate(train.restore_state(state, leaves, meta['step']), setup.mesh)
   start = int(state.step)
   devices = setup.mesh.devices.size
-  _say(f'{config.mode} network, width {config.width}, {len(specs)} style(s) as '
+  from nst_jax import cin_net
+  width = cin_net.width_of(state.params)  # --width applies to --mode=new only
+  _say(f'{config.mode} network, width {width}, {len(specs)} style(s) as '
        f'{", ".join(map(str, setup.style_ids))}; {len(paths)} photos ({readable} decoded '
        f'so far); {devices} {jax.devices()[0].platform} device(s); steps '
        f'{start}..{config.steps}')

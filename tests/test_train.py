@@ -327,3 +327,18 @@ def test_script_trains_resumes_and_exports_for_fast_stylize(tmp_path):
                        capture_output=True, text=True, timeout=240, cwd=ROOT)
   assert bad.returncode != 0 and 'error:' in bad.stderr
   assert not (tmp_path / 'x.png').exists()
+
+  # Mode add through the script, on this width-8 net (the --width default,
+  # 32, is for --mode=new): one more style row; the old values come back
+  # bit-for-bit.
+  added = tmp_path / 'added.safetensors'
+  more = _script(f'--content_dir={photos}', f'--styles={style}', '--mode=add',
+                 f'--base_net={out}', f'--output_net={added}', '--crop_size=32',
+                 '--image_size=0', '--batch_size=2', '--style_size=40', '--steps=1',
+                 '--checkpoint_every=0')
+  assert more.returncode == 0, more.stderr[-2000:]
+  assert 'add network, width 8, 1 style(s) as 2;' in more.stderr, more.stderr[-2000:]
+  grown, _ = cin_net.load(added)
+  assert cin_net.num_styles_of(grown) == 3
+  for k, v in params.items():
+    np.testing.assert_array_equal(grown[k] if k.endswith('.kernel') else grown[k][:2], v)
