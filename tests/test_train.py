@@ -1,6 +1,7 @@
 """Training real-time networks: gradient parity with PyTorch, frozen styles, resume,
 data-parallel sharding, the photo pipeline and the script's errors."""
 
+import concurrent.futures
 import math
 import os
 import subprocess
@@ -320,22 +321,26 @@ def test_script_trains_resumes_and_exports_for_fast_stylize(tmp_path):
   assert first.stderr.count('skipping unreadable photo') == 1
   params, meta = cin_net.load(out)
   assert cin_net.num_styles_of(params) == 2
-  # Out-of-range style index for the trained net, through the real-time script.
-  bad = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'fast_stylize.py'),
-                        f'--net={out}', '--style=5', f'--content_image={photos / "p0.png"}',
-                        f'--output_image={tmp_path / "x.png"}'],
-                       capture_output=True, text=True, timeout=240, cwd=ROOT)
+  # Two follow-ups on the trained net, side by side (each is mostly
+  # interpreter start-up on one core): an out-of-range style index through
+  # the real-time script, and mode add through this script on the width-8
+  # net (the --width default, 32, is for --mode=new).
+  added = tmp_path / 'added.safetensors'
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    bad = pool.submit(
+        subprocess.run, [sys.executable, str(ROOT / 'scripts' / 'fast_stylize.py'),
+                         f'--net={out}', '--style=5', f'--content_image={photos / "p0.png"}',
+                         f'--output_image={tmp_path / "x.png"}'],
+        capture_output=True, text=True, timeout=240, cwd=ROOT)
+    more = pool.submit(
+        _script, f'--content_dir={photos}', f'--styles={style}', '--mode=add',
+        f'--base_net={out}', f'--output_net={added}', '--crop_size=32', '--image_size=0',
+        '--batch_size=2', '--style_size=40', '--steps=1', '--checkpoint_every=0')
+    bad, more = bad.result(), more.result()
   assert bad.returncode != 0 and 'error:' in bad.stderr
   assert not (tmp_path / 'x.png').exists()
-
-  # Mode add through the script, on this width-8 net (the --width default,
-  # 32, is for --mode=new): one more style row; the old values come back
+  # The added style is one more gamma/beta row; every old value comes back
   # bit-for-bit.
-  added = tmp_path / 'added.safetensors'
-  more = _script(f'--content_dir={photos}', f'--styles={style}', '--mode=add',
-                 f'--base_net={out}', f'--output_net={added}', '--crop_size=32',
-                 '--image_size=0', '--batch_size=2', '--style_size=40', '--steps=1',
-                 '--checkpoint_every=0')
   assert more.returncode == 0, more.stderr[-2000:]
   assert 'add network, width 8, 1 style(s) as 2;' in more.stderr, more.stderr[-2000:]
   grown, _ = cin_net.load(added)
