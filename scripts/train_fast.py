@@ -361,7 +361,7 @@ def main(argv):
     return cli_support.fail(f'unexpected arguments {argv[1:]}; all options are --flags')
   # Before JAX runs anything (see its docstring): a training step allocates
   # ~600 MB of temporaries, which glibc would otherwise unmap and page-fault
-  # afresh every step (1.55 -> 1.93 steps/s at 256 px, width 16, 2 cores).
+  # afresh every step (1.55 -> 1.87 steps/s at 256 px, width 16, 2 cores).
   from nst_jax import host_memory
   host_memory.keep_freed_memory()
   try:
